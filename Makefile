@@ -1,0 +1,42 @@
+# The course's two commands:  `make course`  and  `make test`.
+# Both create (or reuse) a virtual environment in .venv, install what they need, and are
+# idempotent: a second run with nothing changed skips the install and the cached work.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tutorlib-installed
+export TUTORLIB_PROFILE ?= standard
+
+.PHONY: course test lab book install clean help
+
+help:
+	@echo "make course   install, run every lesson ($$TUTORLIB_PROFILE, default standard) and build the book"
+	@echo "make test     install and run every test (library, lessons in the smoke profile, book)"
+	@echo "make lab      open the lessons in JupyterLab (.py lessons open as notebooks)"
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is needed, found " + sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[test,book]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+book: $(STAMP)
+	$(PY) -m tutorlib.course build-book
+
+course: $(STAMP)
+	$(PY) -m tutorlib.course all
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab lessons/
+
+clean:
+	rm -rf book/_build build .pytest_cache

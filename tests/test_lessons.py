@@ -1,0 +1,45 @@
+"""Lessons are text: each .py (the source) has its outputless .ipynb, and the two agree.
+
+nbmake (configured in pyproject.toml) executes every lesson notebook in the smoke profile.
+"""
+
+import json
+from pathlib import Path
+
+import jupytext
+import pytest
+
+LESSONS = Path(__file__).resolve().parents[1] / "lessons"
+SOURCES = sorted(p for p in LESSONS.glob("[0-9]*.py"))
+NOTEBOOKS = sorted(LESSONS.glob("[0-9]*.ipynb"))
+
+
+def test_there_are_lessons():
+    assert SOURCES, "no lessons found"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=[p.stem for p in SOURCES])
+def test_source_and_notebook_are_paired_and_in_sync(src):
+    nb_path = src.with_suffix(".ipynb")
+    assert nb_path.exists(), f"{src.name} has no paired notebook: run `jupytext --sync {src}`"
+    from_py = jupytext.read(src)
+    from_nb = jupytext.read(nb_path)
+    cells_py = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in from_py.cells]
+    cells_nb = [(c.cell_type, c.source.strip(), sorted(c.metadata.get("tags", []))) for c in from_nb.cells]
+    assert cells_py == cells_nb, f"{nb_path.name} is out of date: run `jupytext --sync {src}`"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebooks_are_committed_without_outputs(nb_path):
+    nb = json.loads(nb_path.read_text())
+    assert nb_path.with_suffix(".py").exists(), f"{nb_path.name} has no .py source"
+    for i, cell in enumerate(nb["cells"]):
+        assert not cell.get("outputs"), f"{nb_path.name} cell {i} has outputs: clear them"
+        assert cell.get("execution_count") is None, f"{nb_path.name} cell {i} has an execution count"
+
+
+@pytest.mark.parametrize("src", SOURCES, ids=[p.stem for p in SOURCES])
+def test_lesson_skeleton(src):
+    text = src.read_text()
+    for part in ("**Learning goals**", "**Run time**", "## Setup", "## Summary", "## References"):
+        assert part in text, f"{src.name} lacks the skeleton part {part!r} (see STYLE.md)"
