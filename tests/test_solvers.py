@@ -1,0 +1,208 @@
+"""ODE/SDE solvers: Gaussian transport, measured orders, adaptive efficiency, reversibility, gradients."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tutorlib.paths import AffinePath, CondOTPath, gmm_marginal_velocity
+from tutorlib.schedulers import CosineScheduler
+from tutorlib.solvers import (
+    METHODS,
+    ODESolution,
+    SDESolution,
+    ode_solve,
+    reflow_coupling,
+    sde_solve,
+    velocity_to_sde_drift,
+)
+
+F64 = torch.float64
+EXPECTED_ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
+# steps per method for the Gaussian transport test and the error each must reach
+GAUSS_STEPS = {"euler": 200, "midpoint": 20, "heun": 20, "rk4": 10, "dopri5": None}
+GAUSS_TOL = {"euler": 2e-2, "midpoint": 3e-3, "heun": 1e-2, "rk4": 1e-4, "dopri5": 1e-5}
+
+
+def gaussian_field(path, mu, s):
+    """The marginal velocity of the path from N(0, I) to N(mu, s^2 I); mu has the trailing shape of x."""
+    means, stds, w = mu[None], torch.tensor([s], dtype=mu.dtype), torch.ones(1, dtype=mu.dtype)
+    return lambda x, t: gmm_marginal_velocity(path, x, t, means.to(x), stds.to(x), w.to(x))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("path", [CondOTPath(), AffinePath(CosineScheduler())], ids=repr)
+@pytest.mark.parametrize("shape", [(2000, 2), (500, 1, 2, 2)])
+def test_solvers_transport_gaussian_to_gaussian(method, path, shape):
+    """N(0, I) -> N(mu, s^2 I): the flow map is x -> mu + s x, so the solution is known pointwise;
+    the samples then have mean mu and covariance s^2 I."""
+    mu = torch.linspace(-1.0, 2.0, math.prod(shape[1:]), dtype=F64).reshape(shape[1:])
+    s = 0.5
+    x_0 = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=F64)
+    sol = ode_solve(gaussian_field(path, mu, s), x_0, method=method, steps=GAUSS_STEPS[method] or 1,
+                    atol=1e-7, rtol=1e-7)
+    assert isinstance(sol, ODESolution) and sol.x.shape == shape and sol.trajectory is None
+    assert (sol.x - (mu + s * x_0)).abs().max().item() < GAUSS_TOL[method]
+    flat = sol.x.reshape(shape[0], -1)
+    exact_flat = (mu + s * x_0).reshape(shape[0], -1)
+    torch.testing.assert_close(flat.mean(0), exact_flat.mean(0), atol=GAUSS_TOL[method], rtol=0)
+    torch.testing.assert_close(torch.cov(flat.T), torch.cov(exact_flat.T), atol=GAUSS_TOL[method], rtol=0)
+    # and the exact map itself gives the target moments up to sampling error
+    torch.testing.assert_close(flat.mean(0), mu.flatten(), atol=4 * s / math.sqrt(shape[0]), rtol=0)
+
+
+def _riccati(x, t):
+    """dx/dt = -2 t x^2, solution x(t) = 1 / (t^2 + 1 / x(0))."""
+    return -2.0 * t[:, None] * x.square()
+
+
+def measured_order(method: str, n: int = 16) -> float:
+    x_0 = torch.tensor([[0.5], [1.0], [2.0]], dtype=F64)
+    exact = 1.0 / (1.0 + 1.0 / x_0)
+    err = [(ode_solve(_riccati, x_0, method=method, steps=k).x - exact).abs().max().item() for k in (n, 2 * n)]
+    return math.log2(err[0] / err[1])
+
+
+@pytest.mark.parametrize("method", list(EXPECTED_ORDER))
+def test_measured_order_of_accuracy(method):
+    assert measured_order(method) == pytest.approx(EXPECTED_ORDER[method], abs=0.2)
+
+
+def test_dopri5_meets_tolerance_with_far_fewer_evaluations_than_euler():
+    x_0 = torch.tensor([[0.5], [1.0], [2.0]], dtype=F64)
+    exact = 1.0 / (1.0 + 1.0 / x_0)
+    errors = []
+    for tol in (1e-4, 1e-6, 1e-8):
+        sol = ode_solve(_riccati, x_0, method="dopri5", atol=tol, rtol=tol)
+        errors.append((sol.x - exact).abs().max().item())
+        assert errors[-1] < 10 * tol
+    assert errors[0] > errors[1] > errors[2]
+    sol = ode_solve(_riccati, x_0, method="dopri5", atol=1e-6, rtol=1e-6)
+    err_dopri = (sol.x - exact).abs().max().item()
+    euler = ode_solve(_riccati, x_0, method="euler", steps=20 * sol.nfe)
+    assert (euler.x - exact).abs().max().item() > err_dopri  # 20x the evaluations, still less accurate
+    assert sol.nfe < 100
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_backward_integration_inverts_forward(method):
+    mu, s = torch.tensor([1.0, -2.0], dtype=F64), 0.5
+    v = gaussian_field(CondOTPath(), mu, s)
+    x_0 = torch.randn(100, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    steps = {"euler": 400, "midpoint": 50, "heun": 50, "rk4": 20, "dopri5": 1}[method]
+    fwd = ode_solve(v, x_0, method=method, steps=steps, atol=1e-8, rtol=1e-8)
+    back = ode_solve(v, fwd.x, method=method, steps=steps, t0=1.0, t1=0.0, atol=1e-8, rtol=1e-8)
+    assert back.times[0].item() == 1.0 and back.times[-1].item() == 0.0
+    tol = {"euler": 5e-2, "midpoint": 1e-4, "heun": 1e-4, "rk4": 1e-6, "dopri5": 1e-6}[method]
+    assert (back.x - x_0).abs().max().item() < tol
+
+
+def test_time_grid_overrides_steps_and_trajectory():
+    grid = torch.tensor([0.0, 0.1, 0.3, 0.6, 1.0], dtype=F64)
+    x_0 = torch.randn(4, 1, 2, 2, dtype=F64)
+    v = lambda x, t: -x * t[:, None, None, None]  # noqa: E731
+    sol = ode_solve(v, x_0, method="euler", steps=999, time_grid=grid, return_trajectory=True)
+    assert sol.nfe == 4 and sol.trajectory.shape == (5, 4, 1, 2, 2)
+    torch.testing.assert_close(sol.times, grid)
+    x = x_0
+    for a, b in zip(grid[:-1], grid[1:]):
+        x = x + (b - a) * v(x, torch.full((4,), a.item(), dtype=F64))
+    torch.testing.assert_close(sol.x, x)
+    assert torch.equal(sol.trajectory[0], x_0) and torch.equal(sol.trajectory[-1], sol.x)
+    # dopri5 lands on every grid time and records accepted steps
+    sol = ode_solve(v, x_0, method="dopri5", time_grid=grid, return_trajectory=True)
+    assert set(grid.tolist()) <= set(sol.times.tolist())
+    assert sol.trajectory.shape[0] == len(sol.times)
+    torch.testing.assert_close(sol.x, x_0 * math.exp(-0.5), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError):
+        ode_solve(v, x_0, time_grid=torch.tensor([0.0, 0.5, 0.2]))
+
+
+def test_unknown_method_and_max_steps_errors():
+    v = lambda x, t: -x  # noqa: E731
+    with pytest.raises(ValueError, match="euler.*midpoint.*heun.*rk4.*dopri5"):
+        ode_solve(v, torch.zeros(2, 2), method="rk45")
+    stiff = lambda x, t: -1e5 * (x - torch.cos(t)[:, None])  # noqa: E731
+    with pytest.raises(RuntimeError, match="max_steps"):
+        ode_solve(stiff, torch.zeros(2, 1, dtype=F64), method="dopri5", max_steps=20)
+
+
+def test_no_grad_by_default_and_gradients_when_enabled():
+    theta = torch.tensor(0.7, dtype=F64, requires_grad=True)
+    v = lambda x, t: theta * x  # noqa: E731
+    x_0 = torch.tensor([[1.0], [2.0]], dtype=F64)
+    assert not ode_solve(v, x_0, method="rk4", steps=10).x.requires_grad
+    for method in METHODS:
+        sol = ode_solve(v, x_0, method=method, steps=200, enable_grad=True, atol=1e-9, rtol=1e-9)
+        (grad,) = torch.autograd.grad(sol.x.sum(), theta)
+        assert grad.item() == pytest.approx(3.0 * math.exp(0.7), rel=1e-2 if method == "euler" else 1e-5)
+
+
+def test_float32_and_nfe_counts():
+    v = lambda x, t: -x  # noqa: E731
+    x_0 = torch.ones(3, 2)
+    for method, per_step in (("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)):
+        sol = ode_solve(v, x_0, method=method, steps=10)
+        assert sol.x.dtype == torch.float32 and sol.nfe == 10 * per_step
+    calls = []
+    ode_solve(lambda x, t: calls.append(1) or -x, x_0, method="dopri5")
+    sol = ode_solve(v, x_0, method="dopri5")
+    assert sol.nfe == len(calls) and sol.x.dtype == torch.float32
+    torch.testing.assert_close(sol.x, torch.full((3, 2), math.exp(-1)), rtol=1e-4, atol=1e-5)
+
+
+def test_sde_with_probability_flow_drift_keeps_the_marginals():
+    """dx = [v + g^2/2 score] dt + g dW has the marginals of the flow: it ends at N(mu, s^2 I)."""
+    mu, s = torch.tensor([1.0, -2.0], dtype=F64), 0.5
+    path = CondOTPath()
+    v = gaussian_field(path, mu, s)
+    score = lambda x, t: path.velocity_to_score(v(x, t), x, t)  # noqa: E731
+    g = lambda x, t: 0.8 * (1 - t)  # noqa: E731  vanishes at the data end, where the score is singular
+    drift = velocity_to_sde_drift(v, score, g)
+    x_0 = torch.randn(4000, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    sol = sde_solve(drift, g, x_0, steps=200, generator=torch.Generator().manual_seed(3), return_trajectory=True)
+    assert isinstance(sol, SDESolution) and sol.nfe == 200 and sol.trajectory.shape == (201, 4000, 2)
+    torch.testing.assert_close(sol.x.mean(0), mu, atol=0.05, rtol=0)
+    torch.testing.assert_close(sol.x.std(0), torch.full((2,), s, dtype=F64), atol=0.03, rtol=0)
+    again = sde_solve(drift, g, x_0, steps=200, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(sol.x, again.x)
+
+
+def test_sde_brownian_motion_variance():
+    x_0 = torch.zeros(20_000, 1, dtype=F64)
+    sol = sde_solve(lambda x, t: torch.zeros_like(x), lambda x, t: torch.full_like(t, 2.0), x_0, steps=10,
+                    generator=torch.Generator().manual_seed(4))
+    assert sol.x.var().item() == pytest.approx(4.0, rel=0.05)
+
+
+def test_reflow_coupling():
+    v = lambda x, t: torch.ones_like(x)  # noqa: E731
+    x_0 = torch.randn(5, 2)
+    a, b = reflow_coupling(v, x_0, steps=4)
+    assert a is x_0
+    torch.testing.assert_close(b, x_0 + 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("method", METHODS)
+def test_solvers_on_cuda(method, dtype):
+    mu = torch.tensor([1.0, -2.0], dtype=dtype, device="cuda")
+    v = gaussian_field(CondOTPath(), mu, 0.5)
+    x_0 = torch.randn(256, 2, dtype=dtype, device="cuda")
+    sol = ode_solve(v, x_0, method=method, steps=50, return_trajectory=True)
+    assert sol.x.device.type == "cuda" and sol.x.dtype == dtype and sol.trajectory.device.type == "cuda"
+    cpu = ode_solve(lambda x, t: v(x.cuda(), t.cuda()).cpu(), x_0.cpu(), method=method, steps=50)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(sol.x.cpu(), cpu.x, atol=tol, rtol=tol)
+    theta = torch.tensor(0.5, dtype=dtype, device="cuda", requires_grad=True)
+    out = ode_solve(lambda x, t: theta * x, x_0, method=method, steps=20, enable_grad=True)
+    out.x.sum().backward()
+    assert theta.grad is not None and torch.isfinite(theta.grad)
+    cuda_gen = torch.Generator(device="cuda").manual_seed(0)
+    sde = sde_solve(v, lambda x, t: 0.1 * (1 - t), x_0, steps=20, generator=cuda_gen)
+    assert sde.x.device.type == "cuda"
+    sde = sde_solve(v, lambda x, t: 0.1 * (1 - t), x_0, steps=20, generator=torch.Generator().manual_seed(0))
+    assert sde.x.device.type == "cuda"
