@@ -1,0 +1,274 @@
+"""The training loop, EMA and load-or-train checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tutorlib.device import profile
+from tutorlib.train import (
+    EMA,
+    TrainConfig,
+    TrainHistory,
+    TrainingDiverged,
+    batch_sampler,
+    file_sha256,
+    load_checkpoint,
+    load_or_train,
+    lr_at,
+    save_checkpoint,
+    train,
+)
+
+QUIET = TrainConfig(steps=200, lr=5e-2, ema_decay=0.9, progress=False, check_every=10)
+
+
+def _regression(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor([[2.0], [-3.0]])
+    x = torch.randn(256, 2, generator=g)
+    y = x @ w + 0.5
+    return x, y, g
+
+
+def _mse(model, batch):
+    x, y = batch
+    return (model(x) - y).pow(2).mean()
+
+
+def test_loss_decreases_on_tiny_regression():
+    x, y, g = _regression()
+    model = nn.Linear(2, 1)
+    hist = train(model, _mse, batch_sampler(x, y, batch_size=32, generator=g), QUIET)
+    assert isinstance(hist, TrainHistory)
+    assert len(hist.losses) == len(hist.steps) == len(hist.wall_times) == len(hist.lrs) == 200
+    assert hist.stop_reason == "steps" and hist.steps_per_s > 0
+    assert hist.final_loss < 0.01 * hist.losses[0]
+    assert _mse(hist.ema_model, (x, y)) < 0.01 * hist.losses[0]  # the EMA copy is good too
+    assert hist.ema_model is not model and not any(p.requires_grad for p in hist.ema_model.parameters())
+    assert not model.training
+
+
+def test_sampler_kinds_callable_iterator_iterable():
+    x, y, _ = _regression()
+    cfg = QUIET.replace(steps=7, ema_decay=None)
+    batches = [(x[:8], y[:8]), (x[8:16], y[8:16])]
+    for sampler in (lambda step: batches[step % 2], iter(batches * 4), batches):
+        hist = train(nn.Linear(2, 1), _mse, sampler, cfg)
+        assert len(hist.losses) == 7 and hist.ema is None
+        assert hist.ema_model is hist.model
+
+
+def test_nan_loss_names_the_step():
+    x, y, g = _regression()
+
+    def loss(model, batch):
+        step = loss.calls
+        loss.calls += 1
+        out = _mse(model, batch)
+        return out * float("nan") if step == 13 else out
+
+    loss.calls = 0
+    with pytest.raises(TrainingDiverged, match=r"at step 13\b"):
+        train(nn.Linear(2, 1), loss, batch_sampler(x, y, batch_size=8, generator=g), QUIET.replace(steps=50))
+    assert issubclass(TrainingDiverged, FloatingPointError)
+
+
+def test_inf_loss_is_detected_on_last_step():
+    # the check also runs after the final step, even when it falls between check_every steps
+    def sampler(step):
+        return torch.full((4, 2), 999.0 if step == 4 else 1.0), torch.zeros(4, 1)
+
+    def loss(model, batch):
+        return _mse(model, batch) * (float("inf") if batch[0][0, 0] == 999 else 1.0)
+
+    with pytest.raises(TrainingDiverged, match=r"loss = inf at step 4\b"):
+        train(nn.Linear(2, 1), loss, sampler, QUIET.replace(steps=5, check_every=100))
+
+
+def test_time_budget_stops_training():
+    x, y, g = _regression()
+    cfg = QUIET.replace(steps=10**7, time_budget_s=0.3)
+    hist = train(nn.Linear(2, 1), _mse, batch_sampler(x, y, batch_size=8, generator=g), cfg)
+    assert hist.stop_reason == "time_budget"
+    assert 0 < len(hist.losses) < 10**7 and hist.total_time_s < 5.0
+
+
+def test_ema_math():
+    model = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, decay=0.9, warmup=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.full((1, 3), 0.1))
+    ema.update(model)
+    assert torch.allclose(ema.model.weight, torch.full((1, 3), 1 - 0.9**2))
+    # warm-up: d_n = min(decay, (1 + n) / (10 + n)); first update uses 1/10
+    zero = nn.Linear(3, 1, bias=False)
+    with torch.no_grad():
+        zero.weight.fill_(0.0)
+    warm = EMA(zero, decay=0.999)
+    assert warm.current_decay() == pytest.approx(0.1)
+    warm.update(model)
+    assert torch.allclose(warm.model.weight, torch.full((1, 3), 0.9))
+    assert warm.current_decay() == pytest.approx(2 / 11)
+    target = nn.Linear(3, 1, bias=False)
+    ema.copy_to(target)
+    assert torch.equal(target.weight, ema.model.weight)
+    state = ema.state_dict()
+    other = EMA(model, decay=0.5)
+    other.load_state_dict(state)
+    assert other.num_updates == 2 and other.decay == 0.9 and torch.equal(other.model.weight, ema.model.weight)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    cfg = TrainConfig(steps=110, lr=1.0, warmup_steps=10, cosine_decay=True, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0)
+    assert lr_at(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_at(110, cfg) == pytest.approx(0.1)
+    assert lr_at(50, cfg.replace(cosine_decay=False)) == 1.0
+
+
+def test_profile_configs():
+    P = profile("smoke")
+    assert TrainConfig.for_2d(P).steps == P.steps_2d and TrainConfig.for_2d(P).time_budget_s == P.time_budget_s
+    assert TrainConfig.for_mnist(P).steps == P.steps_mnist
+
+
+def _trainer(calls):
+    def train_fn(model):
+        calls.append(1)
+        x, y, g = _regression()
+        return train(model, _mse, batch_sampler(x, y, batch_size=32, generator=g), QUIET.replace(steps=20))
+
+    return train_fn
+
+
+def test_load_or_train_trains_then_loads(tmp_path):
+    calls: list[int] = []
+    cfg = {"steps": 20, "seed": 0}
+    first = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), config=cfg, directory=tmp_path)
+    assert not first.loaded and calls == [1]
+    assert first.path == tmp_path / "lin.pt" and (tmp_path / "lin.sha256").is_file()
+    assert first.metadata["config"] == cfg and first.metadata["history"]["steps_done"] == 20
+    assert isinstance(first.result, TrainHistory)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lin.pt", "lin.sha256"]  # no temp files left
+    second = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), config=cfg, directory=tmp_path)
+    assert second.loaded and calls == [1]
+    assert torch.equal(second.model.weight, first.model.weight)
+    assert second.metadata["config"] == cfg
+    raw = torch.load(tmp_path / "lin.pt", weights_only=True)  # plain tensors and types only
+    assert set(raw) == {"state_dict", "metadata"}
+
+
+def test_corrupted_checkpoint_warns_and_retrains(tmp_path):
+    calls: list[int] = []
+    load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), directory=tmp_path)
+    path = tmp_path / "lin.pt"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="corrupt"):
+        again = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), directory=tmp_path)
+    assert not again.loaded and calls == [1, 1]
+    assert file_sha256(path) == (tmp_path / "lin.sha256").read_text().split()[0]  # rewritten, valid again
+
+
+def test_missing_sidecar_or_other_config_retrains(tmp_path):
+    calls: list[int] = []
+    load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), config={"a": 1}, directory=tmp_path)
+    with pytest.warns(UserWarning, match="config"):
+        r = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), config={"a": 2}, directory=tmp_path)
+    assert not r.loaded
+    (tmp_path / "lin.sha256").unlink()
+    with pytest.warns(UserWarning, match="sha256"):
+        r = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1), config={"a": 2}, directory=tmp_path)
+    assert not r.loaded and calls == [1, 1, 1]
+    with pytest.warns(UserWarning, match="does not fit"):
+        r = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 3), config={"a": 2}, directory=tmp_path)
+
+
+def test_save_and_load_checkpoint_roundtrip(tmp_path):
+    m = nn.Linear(2, 2)
+    digest = save_checkpoint(tmp_path / "m.pt", m, {"note": "x", "path": tmp_path})
+    ck = load_checkpoint(tmp_path / "m.pt")
+    assert torch.equal(ck["state_dict"]["weight"], m.weight.detach())
+    assert ck["metadata"]["note"] == "x" and isinstance(ck["metadata"]["path"], str)
+    with pytest.raises(ValueError, match="sha256"):
+        load_checkpoint(tmp_path / "m.pt", expected_sha256="0" * 64)
+    assert digest == file_sha256(tmp_path / "m.pt")
+
+
+def test_search_order_shipped_then_cache(tmp_path, monkeypatch):
+    import tutorlib.train as T
+
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    monkeypatch.setattr(T, "shipped_checkpoint_dir", lambda: shipped)
+    monkeypatch.setenv("TUTORLIB_DATA_DIR", str(cache))
+    assert T.checkpoint_dirs() == [shipped, cache / "checkpoints"]
+    calls: list[int] = []
+    r = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1))
+    assert r.path == cache / "checkpoints" / "lin.pt"  # new checkpoints go to the cache
+    m = nn.Linear(2, 1)
+    with torch.no_grad():
+        m.weight.fill_(7.0)
+    save_checkpoint(shipped / "lin.pt", m)
+    r = load_or_train("lin", _trainer(calls), model=nn.Linear(2, 1))
+    assert r.loaded and r.path == shipped / "lin.pt" and float(r.model.weight.detach()[0, 0]) == 7.0
+    assert calls == [1]
+
+
+def test_compile_flag_wraps_the_model_and_shares_weights(monkeypatch):
+    # the real inductor compile is measured in bench/bench_train_speed.py; here a cheap backend
+    seen = []
+    real_compile = torch.compile
+
+    def fake_compile(model):
+        seen.append(model)
+        return real_compile(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x, y, g = _regression()
+    model = nn.Linear(2, 1)
+    before = model.weight.detach().clone()
+    hist = train(model, _mse, batch_sampler(x, y, batch_size=8, generator=g), QUIET.replace(steps=3, compile=True))
+    assert seen == [model] and hist.model is model
+    assert len(hist.losses) == 3 and all(math.isfinite(v) for v in hist.losses)
+    assert not torch.equal(model.weight, before)  # the compiled wrapper trained the original weights
+
+
+def test_flow_matching_on_moons_end_to_end():
+    """TimeMLP + train + EMA + energy distance: a smoke-size flow-matching run beats the untrained model."""
+    from tutorlib.data import moons
+    from tutorlib.metrics import energy_distance
+    from tutorlib.models import TimeMLP
+
+    g = torch.Generator().manual_seed(0)
+
+    def fm_loss(model, batch):
+        x1 = batch  # (B, 2) data
+        x0 = torch.randn(x1.shape, generator=g)  # (B, 2) noise
+        t = torch.rand(x1.shape[0], generator=g)  # (B,)
+        xt = (1 - t[:, None]) * x0 + t[:, None] * x1
+        return (model(xt, t) - (x1 - x0)).pow(2).mean()
+
+    @torch.no_grad()
+    def euler(model, n=500, steps=20):
+        x = torch.randn(n, 2, generator=torch.Generator().manual_seed(1))
+        for k in range(steps):
+            x = x + model(x, torch.full((n,), k / steps)) / steps
+        return x
+
+    model = TimeMLP(hidden=64, depth=2)
+    ref = moons(500, generator=torch.Generator().manual_seed(2))
+    before = float(energy_distance(euler(model), ref))
+    cfg = TrainConfig(steps=400, lr=3e-3, warmup_steps=20, cosine_decay=True, ema_decay=0.99, progress=False)
+    hist = train(model, fm_loss, lambda step: moons(256, generator=g), cfg)
+    after = float(energy_distance(euler(hist.ema_model), ref))
+    assert after < 0.25 * before, (before, after)

@@ -1,0 +1,592 @@
+"""One training loop for every lesson, EMA of weights, and verified load-or-train checkpoints.
+
+Every lesson trains through :func:`train`::
+
+    cfg = TrainConfig.for_2d(P)                                  # steps, lr, budget from the profile
+    hist = train(model, loss_fn, sampler, cfg)                  # loss_fn(model, batch) -> scalar
+    samples = sample(hist.ema_model, ...)                        # EMA weights for sampling
+
+and expensive models go through :func:`load_or_train`, which loads a checkpoint whose sha256
+checks out and trains (then saves atomically) otherwise (STYLE item 13).
+
+The loop draws no random numbers itself: randomness lives in the sampler and the loss closure,
+which take explicit generators (STYLE item 5). The device is the model's.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from tutorlib.mnist import data_dir
+
+__all__ = [
+    "EMA",
+    "LoadOrTrain",
+    "TrainConfig",
+    "TrainHistory",
+    "TrainingDiverged",
+    "batch_sampler",
+    "checkpoint_dirs",
+    "file_sha256",
+    "load_checkpoint",
+    "load_or_train",
+    "lr_at",
+    "save_checkpoint",
+    "shipped_checkpoint_dir",
+    "train",
+]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+# --------------------------------------------------------------------------------------
+# EMA
+# --------------------------------------------------------------------------------------
+
+
+class EMA:
+    """Exponential moving average of a model's weights, kept in a frozen copy ``ema.model``.
+
+    After each optimiser step, ``update(model)`` sets, for every floating parameter and buffer,
+
+    ``theta_ema <- d_n theta_ema + (1 - d_n) theta``,  with ``d_n = min(decay, (1 + n) / (10 + n))``
+
+    where ``n`` is the number of updates made so far (the warm-up keeps short runs from being
+    dominated by the initial weights; ``warmup=False`` uses ``d_n = decay``). Non-floating
+    buffers (e.g. BatchNorm's counter) are copied.
+
+    Args:
+        model: the model being trained (copied; never modified by the EMA).
+        decay: the asymptotic decay ``d`` in ``[0, 1)``; the average covers about ``1 / (1 - d)`` steps.
+        warmup: use the ``(1 + n) / (10 + n)`` warm-up.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.999, warmup: bool = True):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.warmup = warmup
+        self.num_updates = 0
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def current_decay(self) -> float:
+        """The decay ``d_n`` the next :meth:`update` will use."""
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1.0 + self.num_updates) / (10.0 + self.num_updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average towards ``model``'s current weights (call after ``optimizer.step()``)."""
+        d = self.current_decay()
+        ema_state = self.model.state_dict()
+        targets, values = [], []
+        for name, value in model.state_dict().items():
+            target = ema_state[name]
+            if target.dtype.is_floating_point:
+                targets.append(target)
+                values.append(value.detach())
+            else:
+                target.copy_(value)
+        if targets:
+            torch._foreach_lerp_(targets, values, 1.0 - d)  # theta_ema += (1 - d) (theta - theta_ema)
+        self.num_updates += 1
+
+    def copy_to(self, model: nn.Module) -> None:
+        """Overwrite ``model``'s weights with the averaged ones."""
+        model.load_state_dict(self.model.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Averaged weights plus the update count (for checkpoints)."""
+        return {"model": self.model.state_dict(), "num_updates": self.num_updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.num_updates = int(state["num_updates"])
+        self.decay = float(state["decay"])
+
+
+# --------------------------------------------------------------------------------------
+# Configuration, history
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters of :func:`train`. Build one from a profile, then ``.replace(...)``.
+
+    The learning rate follows a linear warm-up over ``warmup_steps`` and then, when
+    ``cosine_decay`` is set, a cosine decay to ``lr * min_lr_ratio`` at ``steps`` (see :func:`lr_at`).
+    """
+
+    steps: int = 1000  # optimiser steps (the run stops earlier if time_budget_s runs out)
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decays
+    warmup_steps: int = 0  # linear learning-rate warm-up from 0 over this many steps
+    cosine_decay: bool = False  # after warm-up, decay the learning rate along a half cosine
+    min_lr_ratio: float = 0.0  # final learning rate / lr when cosine_decay is set
+    grad_clip: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
+    ema_decay: float | None = 0.999  # EMA decay of the weights (None: no EMA)
+    time_budget_s: float | None = None  # wall-clock cap in seconds (None: no cap)
+    compile: bool = False  # wrap the model in torch.compile for the loss (same weights)
+    check_every: int = 25  # check the loss for NaN/inf and refresh the progress bar every this many steps
+    progress: bool = True  # show a tqdm progress bar
+    desc: str = "train"  # progress-bar label
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def for_2d(cls, P) -> "TrainConfig":
+        """Defaults for a 2D toy model under profile ``P`` (``steps_2d``, ``time_budget_s``)."""
+        return cls(steps=P.steps_2d, lr=1e-3, warmup_steps=min(100, P.steps_2d // 10), cosine_decay=True,
+                   min_lr_ratio=0.1, time_budget_s=P.time_budget_s, desc="2D")
+
+    @classmethod
+    def for_mnist(cls, P) -> "TrainConfig":
+        """Defaults for an MNIST model under profile ``P`` (``steps_mnist``, ``time_budget_s``)."""
+        return cls(steps=P.steps_mnist, lr=2e-3, warmup_steps=min(100, P.steps_mnist // 10), cosine_decay=True,
+                   min_lr_ratio=0.05, time_budget_s=P.time_budget_s, desc="MNIST")
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate used at optimiser step ``step`` (0-based).
+
+    ``lr * (step + 1) / warmup_steps`` during warm-up; then ``lr`` or, with ``cosine_decay``,
+    ``lr * (r + (1 - r) * (1 + cos(pi * p)) / 2)`` with ``p`` the fraction of post-warm-up steps
+    done and ``r = min_lr_ratio``.
+    """
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if not config.cosine_decay:
+        return config.lr
+    span = max(1, config.steps - config.warmup_steps)
+    p = min(1.0, (step - config.warmup_steps) / span)
+    r = config.min_lr_ratio
+    return config.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p)))
+
+
+@dataclass
+class TrainHistory:
+    """What :func:`train` returns: the loss curve and the models, for plotting and sampling."""
+
+    steps: list[int]  # optimiser step index (0-based) of each recorded loss
+    losses: list[float]  # the loss at each of those steps
+    wall_times: list[float]  # seconds since the start of training when each loss was recorded
+    lrs: list[float]  # learning rate used at each step
+    steps_per_s: float  # optimiser steps per second over the whole run
+    total_time_s: float  # wall-clock duration of the run, in seconds
+    stop_reason: str  # "steps" (all steps done) or "time_budget"
+    model: nn.Module  # the trained model (the same object that was passed in)
+    ema: EMA | None  # the weight average, or None when ema_decay was None
+
+    @property
+    def ema_model(self) -> nn.Module:
+        """The model to sample from: the EMA copy if there is one, else the trained model."""
+        return self.ema.model if self.ema is not None else self.model
+
+    @property
+    def final_loss(self) -> float:
+        """Mean of the last 10% of the recorded losses (at least one)."""
+        if not self.losses:
+            return float("nan")
+        k = max(1, len(self.losses) // 10)
+        return sum(self.losses[-k:]) / k
+
+    def smoothed(self, window: int = 50) -> list[float]:
+        """Running mean of the losses over ``window`` steps (for plots)."""
+        out, acc = [], 0.0
+        for i, v in enumerate(self.losses):
+            acc += v
+            if i >= window:
+                acc -= self.losses[i - window]
+            out.append(acc / min(i + 1, window))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """A small JSON-friendly dict (stored in checkpoints)."""
+        return {"steps_done": len(self.losses), "final_loss": self.final_loss, "steps_per_s": self.steps_per_s,
+                "total_time_s": self.total_time_s, "stop_reason": self.stop_reason}
+
+
+# --------------------------------------------------------------------------------------
+# Data samplers
+# --------------------------------------------------------------------------------------
+
+
+def batch_sampler(
+    *tensors: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Callable[[int], tuple[torch.Tensor, ...]]:
+    """A sampler ``step -> batch`` drawing random minibatches (with replacement across steps).
+
+    Args:
+        *tensors: tensors sharing their first dimension ``N`` (e.g. images and labels).
+        batch_size: rows per batch.
+        generator: CPU generator for the indices (reproducible batches).
+
+    Returns:
+        ``sampler(step)`` returning a tuple of tensors ``(batch_size, ...)``, on the tensors' device.
+    """
+    if not tensors:
+        raise ValueError("batch_sampler needs at least one tensor")
+    n = tensors[0].shape[0]
+    if any(t.shape[0] != n for t in tensors):
+        raise ValueError(f"all tensors must share their first dimension, got {[t.shape[0] for t in tensors]}")
+
+    def sampler(step: int) -> tuple[torch.Tensor, ...]:
+        idx = torch.randint(n, (batch_size,), generator=generator)  # (batch_size,) on the CPU
+        return tuple(t[idx.to(t.device)] for t in tensors)
+
+    return sampler
+
+
+def _as_batch_fn(sampler: Callable[[int], Any] | Iterable[Any]) -> Callable[[int], Any]:
+    """Turn a sampler (callable ``step -> batch``, iterator or re-iterable) into ``step -> batch``."""
+    if isinstance(sampler, Iterator):
+        return lambda step: next(sampler)
+    if callable(sampler):
+        return sampler
+    if isinstance(sampler, Iterable):
+        state = {"it": iter(sampler)}
+
+        def cycle(step: int) -> Any:
+            try:
+                return next(state["it"])
+            except StopIteration:
+                state["it"] = iter(sampler)
+                return next(state["it"])
+
+        return cycle
+    raise TypeError(f"sampler must be a callable step -> batch or an iterable, got {type(sampler).__name__}")
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    sampler: Callable[[int], Any] | Iterable[Any],
+    config: TrainConfig | None = None,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> TrainHistory:
+    """Train ``model`` by minimising ``loss_fn(model, batch)`` with AdamW.
+
+    Each step: ``batch = sampler(step)`` (or ``next(sampler)``), ``loss = loss_fn(model, batch)``,
+    backward, gradient-norm clipping, optimiser step with the scheduled learning rate, EMA update.
+    Stops after ``config.steps`` steps or once ``config.time_budget_s`` seconds have passed.
+    The model is left in eval mode at the end.
+
+    Args:
+        model: any ``nn.Module``; trained in place, on its own device.
+        loss_fn: ``(model, batch) -> scalar tensor``. With ``config.compile`` it receives the
+            compiled wrapper, which shares the weights.
+        sampler: a callable ``step -> batch``, an iterator, or an iterable (cycled), e.g.
+            :func:`batch_sampler` or a ``DataLoader``.
+        config: hyperparameters; ``None`` means ``TrainConfig.for_2d(profile())``.
+        optimizer: use this optimiser instead of a new AdamW (its learning rate is still set
+            each step from the schedule).
+
+    Returns:
+        A :class:`TrainHistory` with the per-step losses, times, learning rates, steps/s,
+        the model and its EMA.
+
+    Raises:
+        TrainingDiverged: the loss was NaN or infinite; the message names the first such step.
+            It is detected at the next check (every ``config.check_every`` steps, one sync each),
+            so a few more steps may have run.
+    """
+    if config is None:
+        from tutorlib.device import profile
+
+        config = TrainConfig.for_2d(profile())
+    if config.steps < 0:
+        raise ValueError(f"steps must be >= 0, got {config.steps}")
+    get_batch = _as_batch_fn(sampler)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
+    ema = EMA(model, config.ema_decay) if config.ema_decay is not None else None
+    net = torch.compile(model) if config.compile else model
+
+    steps: list[int] = []
+    losses: list[float] = []
+    wall: list[float] = []
+    lrs: list[float] = []
+    pending: list[torch.Tensor] = []  # detached losses not yet moved to the host
+    pending_t: list[float] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        values = torch.stack(pending).float().tolist()  # one host sync per check
+        for v, t in zip(values, pending_t):
+            if not math.isfinite(v):
+                step = len(losses)
+                raise TrainingDiverged(
+                    f"training diverged: loss = {v} at step {step} (of {config.steps}); lower the learning "
+                    f"rate (now {lrs[step]:.3g}), enable grad_clip, or check the loss and data for NaNs."
+                )
+            losses.append(v)
+            wall.append(t)
+        pending.clear()
+        pending_t.clear()
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=config.steps, desc=config.desc, disable=not config.progress, leave=True, dynamic_ncols=True)
+    model.train()
+    stop_reason = "steps"
+    start = time.perf_counter()
+    try:
+        for step in range(config.steps):
+            elapsed = time.perf_counter() - start
+            if config.time_budget_s is not None and elapsed >= config.time_budget_s:
+                stop_reason = "time_budget"
+                break
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = get_batch(step)
+            loss = loss_fn(net, batch)
+            if loss.dim() != 0:
+                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            steps.append(step)
+            lrs.append(lr)
+            pending.append(loss.detach())
+            pending_t.append(time.perf_counter() - start)
+            if (step + 1) % config.check_every == 0 or step + 1 == config.steps:
+                flush()
+                bar.update(len(losses) - bar.n)
+                tail = losses[-config.check_every:]
+                bar.set_postfix(loss=f"{sum(tail) / len(tail):.4g}", lr=f"{lr:.2g}", refresh=False)
+        flush()
+    finally:
+        bar.close()
+        model.eval()
+    total = time.perf_counter() - start
+    return TrainHistory(
+        steps=steps[: len(losses)], losses=losses, wall_times=wall, lrs=lrs[: len(losses)],
+        steps_per_s=len(losses) / total if total > 0 else float("nan"), total_time_s=total,
+        stop_reason=stop_reason, model=model, ema=ema,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def shipped_checkpoint_dir() -> Path:
+    """The repository's ``data/checkpoints`` folder (checkpoints committed with the course)."""
+    return Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Folders searched by :func:`load_or_train`, in order: shipped, then the cache.
+
+    The cache is ``$TUTORLIB_DATA_DIR/checkpoints`` (default: the repository's ``data/``, so
+    both are the same folder unless ``TUTORLIB_DATA_DIR`` is set; ``~/.cache/tutorlib`` when
+    tutorlib is installed outside a checkout). New checkpoints are written to the cache.
+    """
+    dirs = [shipped_checkpoint_dir(), data_dir() / "checkpoints"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write via a temporary file in the same folder, fsync, then ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
+    """Save ``{"state_dict", "metadata"}`` atomically and write the sidecar ``<name>.sha256``.
+
+    Args:
+        path: the ``.pt`` file to write.
+        model: whose ``state_dict()`` is saved.
+        metadata: a small JSON-compatible dict (config, history summary...).
+
+    Returns:
+        The sha256 of the written file (also in ``<path without .pt>.sha256``).
+    """
+    path = Path(path)
+    meta = json.loads(json.dumps(metadata or {}, default=str))  # plain types only: loads with weights_only
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta}
+    _atomic_write(path, lambda f: torch.save(payload, f))
+    digest = file_sha256(path)
+    _atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    return digest
+
+
+def _expected_sha256(path: Path) -> str | None:
+    side = path.with_suffix(".sha256")
+    if not side.is_file():
+        return None
+    text = side.read_text().split()
+    return text[0].lower() if text else None
+
+
+def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` after checking its sha256.
+
+    Args:
+        path: the ``.pt`` file.
+        expected_sha256: the digest to check against; ``None`` reads the sidecar ``.sha256``.
+
+    Returns:
+        ``{"state_dict": ..., "metadata": ...}`` loaded with ``weights_only=True`` on the CPU.
+
+    Raises:
+        FileNotFoundError: no file (or no sidecar and no ``expected_sha256``).
+        ValueError: the sha256 does not match.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    expected = expected_sha256 or _expected_sha256(path)
+    if expected is None:
+        raise FileNotFoundError(f"checkpoint {path} has no {path.with_suffix('.sha256').name} to verify it against")
+    actual = file_sha256(path)
+    if actual != expected.lower():
+        raise ValueError(
+            f"checkpoint {path} is corrupt or changed: sha256 {actual[:12]}... != expected {expected[:12]}..."
+        )
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class LoadOrTrain:
+    """What :func:`load_or_train` returns."""
+
+    model: nn.Module  # the model holding the loaded or freshly trained weights (eval mode)
+    loaded: bool  # True if the weights came from a verified checkpoint
+    path: Path  # the checkpoint file loaded or written
+    metadata: dict[str, Any] = field(default_factory=dict)  # the metadata stored with the weights
+    result: Any = None  # what train_fn returned (e.g. a TrainHistory), None when loaded
+
+
+def load_or_train(
+    name: str,
+    train_fn: Callable[[nn.Module], Any],
+    *,
+    model: nn.Module,
+    config: dict[str, Any] | None = None,
+    directory: str | os.PathLike | None = None,
+    retrain: bool = False,
+) -> LoadOrTrain:
+    """Load ``<name>.pt`` if a verified, matching checkpoint exists; otherwise train and save it.
+
+    Search order: ``directory`` if given, else :func:`checkpoint_dirs` (the shipped
+    ``data/checkpoints`` first, then ``$TUTORLIB_DATA_DIR/checkpoints``). A candidate is used
+    only if its sha256 matches its sidecar ``<name>.sha256``, its stored ``config`` equals
+    ``config`` (when given), and its weights fit ``model``; any failure is reported with a
+    warning and the next candidate (finally training) is tried: a corrupt file is never
+    loaded silently. Training calls ``train_fn(model)``, which must leave the weights to keep
+    in ``model`` (e.g. ``history.ema.copy_to(model)``); they are saved atomically (temporary
+    file, fsync, ``os.replace``) with their sha256 to ``directory`` or the cache folder.
+
+    Args:
+        name: checkpoint name, e.g. ``"fm_mnist_standard"`` (include the profile when sizes differ).
+        train_fn: ``model -> anything``; trains ``model`` in place.
+        model: the freshly built model to fill.
+        config: a small JSON-compatible dict describing the run (sizes, steps, seed); stored,
+            and compared on load.
+        directory: look and save only here (tests, experiments).
+        retrain: ignore existing checkpoints and train.
+
+    Returns:
+        A :class:`LoadOrTrain` with the model (eval mode), whether it was loaded, the path,
+        the metadata and ``train_fn``'s return value.
+    """
+    config_plain = json.loads(json.dumps(config, default=str)) if config is not None else None
+    search = [Path(directory)] if directory is not None else checkpoint_dirs()
+    if not retrain:
+        for folder in search:
+            path = folder / f"{name}.pt"
+            if not path.exists():
+                continue
+            try:
+                ckpt = load_checkpoint(path)
+            except (ValueError, FileNotFoundError) as err:
+                warnings.warn(f"{err}; ignoring it and training {name!r} instead.", stacklevel=2)
+                continue
+            meta = ckpt.get("metadata", {})
+            if config_plain is not None and meta.get("config") != config_plain:
+                warnings.warn(
+                    f"checkpoint {path} was made with config {meta.get('config')} but {config_plain} was asked for; "
+                    f"training {name!r} instead.", stacklevel=2)
+                continue
+            try:
+                model.load_state_dict(ckpt["state_dict"])
+            except RuntimeError as err:
+                warnings.warn(f"checkpoint {path} does not fit the model ({err}); training {name!r} instead.",
+                              stacklevel=2)
+                continue
+            model.eval()
+            return LoadOrTrain(model=model, loaded=True, path=path, metadata=meta)
+    result = train_fn(model)
+    model.eval()
+    meta: dict[str, Any] = {"name": name, "config": config_plain, "torch": torch.__version__,
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if isinstance(result, TrainHistory):
+        meta["history"] = result.summary()
+    target = (Path(directory) if directory is not None else data_dir() / "checkpoints") / f"{name}.pt"
+    save_checkpoint(target, model, meta)
+    meta = json.loads(json.dumps(meta, default=str))
+    return LoadOrTrain(model=model, loaded=False, path=target, metadata=meta, result=result)
