@@ -17,14 +17,19 @@
 # **Learning goals**
 # - check that your machine runs the course: the device (GPU or CPU) and the run-size profile;
 # - meet the nine 2D toy distributions and MNIST, the data of every later lesson;
-# - learn the notation used all course long: `x_0` is noise, `x_1` is data, `t` runs from 0 to 1.
+# - learn the notation used all course long: `x_0` is noise, `x_1` is data, `t` runs from 0 to 1;
+# - meet the sample-quality metrics used all course long: energy distance and MMD against held-out
+#   data, read against their *noise floor*; for MNIST, a judge classifier's accuracy and the
+#   Fréchet distance in its features.
 #
 # **Prerequisites:** Python and a little PyTorch.
 #
-# **Run time** (measured, top to bottom): CPU standard ≈ 5 s · GPU standard ≈ 5 s · smoke ≈ 5 s.
+# **Run time** (measured, top to bottom, on a shared 2-core CPU): CPU standard ≈ 45 s · GPU standard:
+# not measured yet · smoke ≈ 10 s.
 # The last cell prints this run's time.
 #
-# **Loads:** MNIST (about 11 MB, downloaded once and checked). **Trains:** nothing.
+# **Loads:** MNIST (about 11 MB, downloaded once and checked) and the course's MNIST judge
+# classifier (`data/checkpoints/judge_mnist.pt`). **Trains:** nothing.
 
 # %% [markdown]
 # ## Setup
@@ -40,8 +45,9 @@ import time
 
 import torch
 
-from tutorlib import data, plotting
+from tutorlib import data, metrics, plotting
 from tutorlib.device import get_device, profile, seed_everything
+from tutorlib.exercises import check_energy_distance, check_mmd
 
 lesson_start = time.perf_counter()
 device = get_device()
@@ -109,15 +115,155 @@ print("images per class:", torch.bincount(labels, minlength=10).tolist())
 plotting.image_grid(images[:32], nrow=8, labels=labels[:32], title="The first 32 training digits")
 
 # %% [markdown]
+# ## 4. Measuring sample quality
+#
+# How do we know a generative model is good? On 2D data we compare its samples $X$ with
+# held-out data $Y$. The **energy distance** is
+#
+# $$D^2(X, Y) = 2\,\mathbb{E}\|X - Y\| - \mathbb{E}\|X - X'\| - \mathbb{E}\|Y - Y'\|,$$
+#
+# which is zero exactly when the two distributions agree. With finite samples we average over all
+# pairs (the "V-statistic"), which is never negative and is biased upwards by about $1/n$. Here it
+# is in three lines of plain PyTorch, checked against `tutorlib.metrics.energy_distance`:
+
+# %%
+def energy_distance_from_scratch(x, y):
+    return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
+
+
+a, b = clouds["checkerboard"], data.checkerboard(P.n_eval_2d, generator=gen)
+ours, lib = energy_distance_from_scratch(a.double(), b.double()), metrics.energy_distance(a, b)
+torch.testing.assert_close(ours, lib)
+print(f"energy distance between two independent checkerboard draws: {lib:.5f} (from scratch: {ours:.5f})")
+
+# %% [markdown]
+# That number is not zero even though both sets come from the same distribution: it is the
+# **noise floor**, what a *perfect* model would score against $n$ held-out points. Every lesson
+# reports a model's score as a multiple of this floor ("within 2x the floor"), measured at the same
+# sample size. The floor shrinks like $1/n$:
+
+# %%
+sizes = [P.n_eval_2d // 4, P.n_eval_2d // 2, P.n_eval_2d]
+floors = {n: metrics.noise_floor(data.checkerboard, n, generator=gen) for n in sizes}
+for n, fl in floors.items():
+    print(f"n = {n:5d}: floor {fl.mean:.5f} ± {fl.std:.5f}   n x floor = {n * fl.mean:.2f}")
+assert floors[sizes[0]].mean > floors[sizes[-1]].mean  # more samples, lower floor
+
+# %% [markdown]
+# Now three stand-in "models" of decreasing quality: perfect samples, samples blurred by Gaussian
+# noise, and the source distribution itself. The **MMD** with Gaussian kernels at several
+# bandwidths is a second, kernel-based distance that tells the same story.
+
+# %%
+n = P.n_eval_2d
+floor = floors[n]
+mmd_floor = metrics.noise_floor(data.checkerboard, n, metric=metrics.mmd_rbf, generator=gen)
+held_out = data.checkerboard(n, generator=gen)
+candidates = {
+    "perfect sampler": data.checkerboard(n, generator=gen),
+    "blurred (noise 0.3)": data.checkerboard(n, generator=gen) + 0.3 * data.gaussian(n, generator=gen),
+    "blurred (noise 0.6)": data.checkerboard(n, generator=gen) + 0.6 * data.gaussian(n, generator=gen),
+    "source N(0, I)": data.gaussian(n, generator=gen),
+}
+ratios = {}
+for name, x in candidates.items():
+    ed, mmd = metrics.energy_distance(x, held_out), metrics.mmd_rbf(x, held_out)
+    ratios[name] = floor.ratio(ed)
+    print(f"{name:22s} energy distance {ed:.5f} = {ratios[name]:6.1f} x floor   MMD {mmd:.5f} = {mmd_floor.ratio(mmd):6.1f} x floor")
+assert ratios["source N(0, I)"] > 10 * max(ratios["perfect sampler"], ratios["blurred (noise 0.3)"])
+if P.name != "smoke":  # at smoke size (n = 500) the floor's own spread can reorder the blurs
+    assert ratios["perfect sampler"] < ratios["blurred (noise 0.6)"] and ratios["blurred (noise 0.3)"] < ratios["blurred (noise 0.6)"]
+plotting.scatter_2d({"held-out data": held_out, "blurred (noise 0.3)": candidates["blurred (noise 0.3)"]},
+                    title="A blurred model: how many times the floor?")
+
+# %% [markdown]
+# The perfect sampler scores about 1x the floor (give or take the floor's own spread, printed
+# above), the source two orders of magnitude more. Look closely at the blurred samplers: a blur
+# you can see in the plot may still score under 2x the floor at this sample size. "Within 2x the
+# floor", the bar later lessons use, is a sanity check, not a certificate: always look at the
+# samples too, and compare models at the *same* sample size.
+#
+# ### MNIST: a judge classifier
+#
+# For images, distances between raw pixels say little. The course ships a small CNN **judge**
+# trained once on MNIST (see `data/checkpoints/README.md`). Two numbers use it: the **accuracy**
+# of generated digits against the labels they were generated for, and the **Fréchet distance**
+# between Gaussian fits of the judge's 128-dimensional features of two image sets (the idea behind
+# FID). The Fréchet distance has a floor too: real training images against real test images.
+
+# %%
+test_images, test_labels = data.load_mnist("test", limit=P.n_eval_mnist)
+train_images = images[: P.n_eval_mnist]
+acc = metrics.judge_accuracy(test_images, test_labels)
+fd_floor = metrics.frechet_distance(train_images, test_images)
+noisy = (test_images + 0.5 * torch.randn(test_images.shape, generator=gen)).clamp(-1, 1)
+fd_noisy = metrics.frechet_distance(train_images, noisy)
+print(f"judge accuracy on {len(test_images)} real test digits: {acc:.2%}")
+print(f"Fréchet distance, train vs test (the floor): {fd_floor:.2f}")
+print(f"Fréchet distance, train vs noisy test digits: {fd_noisy:.2f}  ({fd_noisy / fd_floor:.0f} x floor)")
+print(f"judge accuracy on the noisy digits: {metrics.judge_accuracy(noisy, test_labels):.2%}")
+assert fd_noisy > fd_floor
+plotting.image_grid(noisy[:16], nrow=8, title="Noisy test digits: the judge's features notice at once")
+
+# %% [markdown]
+# ## Exercises
+#
+# **Exercise 1 — energy distance.** Write `energy_distance(x, y)` for samples `x` of shape
+# `(N, D)` and `y` of shape `(M, D)`, returning the V-statistic above as a 0-d tensor
+# (`torch.cdist` computes all pairwise distances).
+
+# %%
+def energy_distance(x, y):
+    # TODO: 2 E|X - Y| - E|X - X'| - E|Y - Y'|, averaging over all pairs
+    raise NotImplementedError
+
+
+# %% tags=["solution", "hide-input"]
+def energy_distance(x, y):
+    return 2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean()
+
+
+# %%
+check_energy_distance(energy_distance)
+
+# %% [markdown]
+# **Exercise 2 — MMD with one Gaussian kernel.** Write `mmd(x, y, h)`, the squared maximum mean
+# discrepancy $\mathbb{E}k(X, X') + \mathbb{E}k(Y, Y') - 2\,\mathbb{E}k(X, Y)$ with
+# $k(a, b) = \exp(-\|a - b\|^2 / 2h^2)$, averaging over all pairs.
+
+# %%
+def mmd(x, y, h):
+    # TODO: kernel means over all pairs of x with x, y with y, and x with y
+    raise NotImplementedError
+
+
+# %% tags=["solution", "hide-input"]
+def mmd(x, y, h):
+    k = lambda a, b: torch.exp(-torch.cdist(a, b) ** 2 / (2 * h * h))
+    return k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean()
+
+
+# %%
+check_mmd(mmd)
+
+# %% [markdown]
+# **Going further.** Use your `energy_distance` to measure how the floor of the *two spirals* at
+# `n = 500` compares with the checkerboard's. Which dataset is harder to match, by this measure?
+
+# %% [markdown]
 # ## Summary
 #
 # - `get_device`, `seed_everything` and `profile` set up every lesson;
 # - toy samplers share one signature and one scale; `sample_labelled` adds class ids;
-# - MNIST arrives as `(N, 1, 28, 28)` tensors in `[-1, 1]`.
+# - MNIST arrives as `(N, 1, 28, 28)` tensors in `[-1, 1]`;
+# - sample quality is measured against held-out data and always read against a noise floor: energy
+#   distance and MMD in 2D, judge accuracy and Fréchet distance on MNIST.
 #
 # ## References
 # - *Flow Matching Guide and Code* (Lipman et al.) — the notation this course follows.
 # - *Step-by-Step Diffusion: An Elementary Tutorial* (Nakkiran et al.).
+# - Energy distance: Székely and Rizzo, *Energy statistics: A class of statistics based on distances*.
+# - MMD: Gretton et al., *A Kernel Two-Sample Test*.
 
 # %%
 print(f"lesson ran in {time.perf_counter() - lesson_start:.1f} s (profile {P.name}, device {device})")
