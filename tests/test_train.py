@@ -206,7 +206,7 @@ def test_save_and_load_checkpoint_roundtrip(tmp_path):
 
 
 def test_search_order_shipped_then_cache(tmp_path, monkeypatch):
-    import tutorlib.train as T
+    import tutorlib.checkpoints as T
 
     shipped, cache = tmp_path / "shipped", tmp_path / "cache"
     monkeypatch.setattr(T, "shipped_checkpoint_dir", lambda: shipped)

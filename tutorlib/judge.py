@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tutorlib.models import MNISTClassifier
-from tutorlib.train import file_sha256, shipped_checkpoint_dir
+from tutorlib.checkpoints import file_sha256, shipped_checkpoint_dir
 
 __all__ = ["JUDGE_FILE", "JUDGE_SHA256", "Judge", "judge_path", "load_judge"]
 

@@ -17,21 +17,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import tempfile
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
-from tutorlib.mnist import data_dir
+from tutorlib.checkpoints import (  # re-exported: lessons call tutorlib.train.load_or_train
+    LoadOrTrain,
+    checkpoint_dirs,
+    file_sha256,
+    load_checkpoint,
+    load_or_train,
+    save_checkpoint,
+    shipped_checkpoint_dir,
+)
 
 __all__ = [
     "EMA",
@@ -399,194 +401,3 @@ def train(
         steps_per_s=len(losses) / total if total > 0 else float("nan"), total_time_s=total,
         stop_reason=stop_reason, model=model, ema=ema,
     )
-
-
-# --------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------
-
-
-def shipped_checkpoint_dir() -> Path:
-    """The repository's ``data/checkpoints`` folder (checkpoints committed with the course)."""
-    return Path(__file__).resolve().parents[1] / "data" / "checkpoints"
-
-
-def checkpoint_dirs() -> list[Path]:
-    """Folders searched by :func:`load_or_train`, in order: shipped, then the cache.
-
-    The cache is ``$TUTORLIB_DATA_DIR/checkpoints`` (default: the repository's ``data/``, so
-    both are the same folder unless ``TUTORLIB_DATA_DIR`` is set; ``~/.cache/tutorlib`` when
-    tutorlib is installed outside a checkout). New checkpoints are written to the cache.
-    """
-    dirs = [shipped_checkpoint_dir(), data_dir() / "checkpoints"]
-    out: list[Path] = []
-    for d in dirs:
-        if d.resolve() not in [o.resolve() for o in out]:
-            out.append(d)
-    return out
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
-    """Save ``{"state_dict", "metadata"}`` atomically and write the sidecar ``<name>.sha256``.
-
-    Args:
-        path: the ``.pt`` file to write.
-        model: whose ``state_dict()`` is saved.
-        metadata: a small JSON-compatible dict (config, history summary...).
-
-    Returns:
-        The sha256 of the written file (also in ``<path without .pt>.sha256``).
-    """
-    path = Path(path)
-    meta = json.loads(json.dumps(metadata or {}, default=str))  # plain types only: loads with weights_only
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta}
-    _atomic_write(path, lambda f: torch.save(payload, f))
-    digest = file_sha256(path)
-    _atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
-    return digest
-
-
-def _expected_sha256(path: Path) -> str | None:
-    side = path.with_suffix(".sha256")
-    if not side.is_file():
-        return None
-    text = side.read_text().split()
-    return text[0].lower() if text else None
-
-
-def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` after checking its sha256.
-
-    Args:
-        path: the ``.pt`` file.
-        expected_sha256: the digest to check against; ``None`` reads the sidecar ``.sha256``.
-
-    Returns:
-        ``{"state_dict": ..., "metadata": ...}`` loaded with ``weights_only=True`` on the CPU.
-
-    Raises:
-        FileNotFoundError: no file (or no sidecar and no ``expected_sha256``).
-        ValueError: the sha256 does not match.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    expected = expected_sha256 or _expected_sha256(path)
-    if expected is None:
-        raise FileNotFoundError(f"checkpoint {path} has no {path.with_suffix('.sha256').name} to verify it against")
-    actual = file_sha256(path)
-    if actual != expected.lower():
-        raise ValueError(
-            f"checkpoint {path} is corrupt or changed: sha256 {actual[:12]}... != expected {expected[:12]}..."
-        )
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@dataclass
-class LoadOrTrain:
-    """What :func:`load_or_train` returns."""
-
-    model: nn.Module  # the model holding the loaded or freshly trained weights (eval mode)
-    loaded: bool  # True if the weights came from a verified checkpoint
-    path: Path  # the checkpoint file loaded or written
-    metadata: dict[str, Any] = field(default_factory=dict)  # the metadata stored with the weights
-    result: Any = None  # what train_fn returned (e.g. a TrainHistory), None when loaded
-
-
-def load_or_train(
-    name: str,
-    train_fn: Callable[[nn.Module], Any],
-    *,
-    model: nn.Module,
-    config: dict[str, Any] | None = None,
-    directory: str | os.PathLike | None = None,
-    retrain: bool = False,
-) -> LoadOrTrain:
-    """Load ``<name>.pt`` if a verified, matching checkpoint exists; otherwise train and save it.
-
-    Search order: ``directory`` if given, else :func:`checkpoint_dirs` (the shipped
-    ``data/checkpoints`` first, then ``$TUTORLIB_DATA_DIR/checkpoints``). A candidate is used
-    only if its sha256 matches its sidecar ``<name>.sha256``, its stored ``config`` equals
-    ``config`` (when given), and its weights fit ``model``; any failure is reported with a
-    warning and the next candidate (finally training) is tried: a corrupt file is never
-    loaded silently. Training calls ``train_fn(model)``, which must leave the weights to keep
-    in ``model`` (e.g. ``history.ema.copy_to(model)``); they are saved atomically (temporary
-    file, fsync, ``os.replace``) with their sha256 to ``directory`` or the cache folder.
-
-    Args:
-        name: checkpoint name, e.g. ``"fm_mnist_standard"`` (include the profile when sizes differ).
-        train_fn: ``model -> anything``; trains ``model`` in place.
-        model: the freshly built model to fill.
-        config: a small JSON-compatible dict describing the run (sizes, steps, seed); stored,
-            and compared on load.
-        directory: look and save only here (tests, experiments).
-        retrain: ignore existing checkpoints and train.
-
-    Returns:
-        A :class:`LoadOrTrain` with the model (eval mode), whether it was loaded, the path,
-        the metadata and ``train_fn``'s return value.
-    """
-    config_plain = json.loads(json.dumps(config, default=str)) if config is not None else None
-    search = [Path(directory)] if directory is not None else checkpoint_dirs()
-    if not retrain:
-        for folder in search:
-            path = folder / f"{name}.pt"
-            if not path.exists():
-                continue
-            try:
-                ckpt = load_checkpoint(path)
-            except (ValueError, FileNotFoundError) as err:
-                warnings.warn(f"{err}; ignoring it and training {name!r} instead.", stacklevel=2)
-                continue
-            meta = ckpt.get("metadata", {})
-            if config_plain is not None and meta.get("config") != config_plain:
-                warnings.warn(
-                    f"checkpoint {path} was made with config {meta.get('config')} but {config_plain} was asked for; "
-                    f"training {name!r} instead.", stacklevel=2)
-                continue
-            try:
-                model.load_state_dict(ckpt["state_dict"])
-            except RuntimeError as err:
-                warnings.warn(f"checkpoint {path} does not fit the model ({err}); training {name!r} instead.",
-                              stacklevel=2)
-                continue
-            model.eval()
-            return LoadOrTrain(model=model, loaded=True, path=path, metadata=meta)
-    result = train_fn(model)
-    model.eval()
-    meta: dict[str, Any] = {"name": name, "config": config_plain, "torch": torch.__version__,
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    if isinstance(result, TrainHistory):
-        meta["history"] = result.summary()
-    target = (Path(directory) if directory is not None else data_dir() / "checkpoints") / f"{name}.pt"
-    save_checkpoint(target, model, meta)
-    meta = json.loads(json.dumps(meta, default=str))
-    return LoadOrTrain(model=model, loaded=False, path=target, metadata=meta, result=result)
