@@ -143,3 +143,18 @@ def test_frechet_distance_of_gaussian_features_closed_form():
     # rotation-invariance with full covariances
     q, _ = torch.linalg.qr(torch.randn(F, F, generator=g, dtype=torch.float64))
     assert frechet_distance_features(a @ q, b @ q) == pytest.approx(frechet_distance_features(a, b), rel=1e-6)
+
+
+def test_model_score_matches_floor_for_a_perfect_sampler_and_exceeds_it_for_a_bad_one():
+    from tutorlib import data
+    from tutorlib.metrics import model_score, noise_floor
+
+    g = torch.Generator().manual_seed(0)
+    floor = noise_floor(data.moons, 400, generator=g, repeats=6)
+    perfect = model_score(data.moons, data.moons, 400, generator=g, repeats=6)
+    shifted = model_score(lambda n, generator=None: data.moons(n, generator=generator) + 0.5, data.moons, 400,
+                          generator=g, repeats=6)
+    assert len(perfect.values) == 6 and perfect.n == 400 and perfect.std > 0
+    assert 0.5 < floor.ratio(perfect) < 2.0
+    assert floor.ratio(shifted) > 10
+    assert f"{perfect:.3f}".count("±") == 1

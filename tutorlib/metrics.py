@@ -28,6 +28,7 @@ from tutorlib.judge import Judge, load_judge
 
 __all__ = [
     "NoiseFloor",
+    "RepeatedMetric",
     "curvature",
     "energy_distance",
     "feature_spread",
@@ -37,6 +38,7 @@ __all__ = [
     "judge_accuracy",
     "label_entropy",
     "mmd_rbf",
+    "model_score",
     "noise_floor",
     "straightness",
 ]
@@ -132,17 +134,33 @@ def mmd_rbf(
 
 
 @dataclass
-class NoiseFloor:
-    """A metric between two independent data draws: what a perfect model would score."""
+class RepeatedMetric:
+    """A metric measured on several independent draws: its mean, spread and values."""
 
     mean: float  # mean of the metric over the repeats
     std: float  # standard deviation over the repeats
     values: list[float]  # one value per repeat
     n: int  # sample size of each draw
 
-    def ratio(self, value: float) -> float:
+    @classmethod
+    def from_values(cls, values: list[float], n: int) -> "RepeatedMetric":
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
+        return cls(mean=mean, std=std, values=list(values), n=n)
+
+    def __format__(self, spec: str) -> str:
+        spec = spec or ".5f"
+        return f"{self.mean:{spec}} ± {self.std:{spec}}"
+
+
+@dataclass
+class NoiseFloor(RepeatedMetric):
+    """A metric between two independent data draws: what a perfect model would score."""
+
+    def ratio(self, value: "float | RepeatedMetric") -> float:
         """``value / mean``: "how many times the floor" a model's score is."""
-        return float(value) / self.mean if self.mean > 0 else float("inf")
+        value = value.mean if isinstance(value, RepeatedMetric) else float(value)
+        return value / self.mean if self.mean > 0 else float("inf")
 
 
 def noise_floor(
@@ -173,9 +191,41 @@ def noise_floor(
         a = sampler(n, generator=generator)  # (n, D)
         b = sampler(n, generator=generator)  # (n, D)
         values.append(float(metric(a, b)))
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1))
-    return NoiseFloor(mean=mean, std=std, values=values, n=n)
+    r = RepeatedMetric.from_values(values, n)
+    return NoiseFloor(mean=r.mean, std=r.std, values=r.values, n=n)
+
+
+def model_score(
+    sample_fn: Callable[..., torch.Tensor],
+    data_sampler: Callable[..., torch.Tensor],
+    n: int,
+    metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = energy_distance,
+    generator: torch.Generator | None = None,
+    repeats: int = 5,
+) -> RepeatedMetric:
+    """A model's metric against held-out data, over ``repeats`` fresh draws of both.
+
+    One draw of a V-statistic at ``n`` points is about as noisy as the floor itself; compare
+    a model with :func:`noise_floor` using the same ``n`` and ``repeats``.
+
+    Args:
+        sample_fn: ``sample_fn(n, generator=generator) -> (n, D)`` model samples (e.g. noise
+            drawn with the generator, then an ODE solve).
+        data_sampler: ``data_sampler(n, generator=generator) -> (n, D)`` held-out data.
+        n: sample size of each draw.
+        metric: ``(x, y) -> scalar``.
+        generator: CPU generator for the draws.
+        repeats: number of independent draws.
+
+    Returns:
+        A :class:`RepeatedMetric` (``floor.ratio(score)`` reads it against a floor).
+    """
+    values = []
+    for _ in range(repeats):
+        x = sample_fn(n, generator=generator)  # (n, D)
+        y = data_sampler(n, generator=generator).to(x.device)  # (n, D)
+        values.append(float(metric(x, y)))
+    return RepeatedMetric.from_values(values, n)
 
 
 # --------------------------------------------------------------------------------------
