@@ -168,7 +168,7 @@ def noise_floor(
     n: int,
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = energy_distance,
     generator: torch.Generator | None = None,
-    repeats: int = 5,
+    repeats: int = 10,
 ) -> NoiseFloor:
     """The metric between two independent draws of ``n`` data points, repeated.
 
@@ -201,7 +201,7 @@ def model_score(
     n: int,
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = energy_distance,
     generator: torch.Generator | None = None,
-    repeats: int = 5,
+    repeats: int = 10,
 ) -> RepeatedMetric:
     """A model's metric against held-out data, over ``repeats`` fresh draws of both.
 
