@@ -217,3 +217,15 @@ def test_ddpm_on_cuda():
     assert res.x.device.type == "cuda" and torch.isfinite(res.x).all()
     v = ddpm_to_velocity(lambda x, t: 0.5 * x, sched)
     assert v(x, torch.full((8,), 0.5, device="cuda")).device.type == "cuda"
+
+
+def test_ddim_clip_denoised_bounds_the_estimate_under_the_cosine_schedule():
+    schedule = DDPMSchedule(cosine_betas(1000))
+    x_T = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    bad_eps = lambda x, t: 0.9 * x  # a poor model: its x_data_hat at k = T is huge
+    wild = ddim_sample(bad_eps, x_T, schedule, steps=10).x
+    tame = ddim_sample(bad_eps, x_T, schedule, steps=10, clip_denoised=5.0).x
+    assert wild.abs().max() > 100
+    assert tame.abs().max() <= 5.0 + 1e-9
+    with pytest.raises(ValueError, match="clip_denoised"):
+        ddim_sample(bad_eps, x_T, schedule, steps=10, clip_denoised=0.0)

@@ -234,7 +234,8 @@ def ancestral_sample(eps_model: EpsModel, x_T: Tensor, schedule: DDPMSchedule, *
 
 
 def ddim_sample(eps_model: EpsModel, x_T: Tensor, schedule: DDPMSchedule, *, steps: int = 50, eta: float = 0.0,
-                generator: torch.Generator | None = None, return_trajectory: bool = False) -> DDPMSolution:
+                clip_denoised: float | None = None, generator: torch.Generator | None = None,
+                return_trajectory: bool = False) -> DDPMSolution:
     """The DDIM sampler (deterministic for ``eta = 0``), from noise ``x_T`` to data (lesson 01).
 
     For consecutive kept indices k > k' (k' = 0 at the end, alpha_bar_0 = 1)::
@@ -252,6 +253,10 @@ def ddim_sample(eps_model: EpsModel, x_T: Tensor, schedule: DDPMSchedule, *, ste
         schedule: the DDPM schedule.
         steps: number of model calls, 1..T.
         eta: the amount of fresh noise, >= 0.
+        clip_denoised: if set, clamp ``x_data_hat`` to ``[-c, c]`` and recompute ``eps`` from it.
+            Schedules whose alpha_bar_T is tiny (the cosine schedule: about 2e-9) make the first
+            few-step update divide by ``sqrt(alpha_bar_T)``; clipping to the data's range (1 for
+            images in [-1, 1], about 5 for the course's 2D data) keeps that error bounded.
         generator: the source of the noise when eta > 0.
         return_trajectory: keep every state.
 
@@ -260,9 +265,14 @@ def ddim_sample(eps_model: EpsModel, x_T: Tensor, schedule: DDPMSchedule, *, ste
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
+    if clip_denoised is not None and clip_denoised <= 0:
+        raise ValueError(f"clip_denoised must be positive (or None), got {clip_denoised}")
 
     def update(x: Tensor, eps: Tensor, ab: float, ab_prev: float, last: bool) -> Tensor:
         x_data_hat = (x - math.sqrt(1.0 - ab) * eps) / math.sqrt(ab)  # (B, ...)
+        if clip_denoised is not None:
+            x_data_hat = x_data_hat.clamp(-clip_denoised, clip_denoised)
+            eps = (x - math.sqrt(ab) * x_data_hat) / math.sqrt(1.0 - ab)  # the eps that x_data_hat implies
         var = eta**2 * (1.0 - ab_prev) / (1.0 - ab) * (1.0 - ab / ab_prev)
         x = math.sqrt(ab_prev) * x_data_hat + math.sqrt(max(1.0 - ab_prev - var, 0.0)) * eps
         if var > 0 and not last:
