@@ -1,0 +1,179 @@
+"""The bench: every available case runs in the smoke profile and writes well-formed results.
+
+Checks the JSON schema (required keys), that metrics are finite, and that the sample arrays have
+the right names and shapes; never the numbers themselves. Peers that are not installed (as in CI)
+are reported as skipped, which is checked too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from tutorlib.bench import CASES, PLANNED, PlannedCaseError, run
+from tutorlib.bench.__main__ import main
+from tutorlib.bench.common import BENCH_PROFILES
+from tutorlib.bench.report import write_report
+
+TOP_KEYS = {"schema", "case", "profile", "seed", "date", "device", "machine", "versions", "config", "timings",
+            "metrics"}
+MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch_threads"}
+ENTRY_KEYS = {"array", "method", "solver", "nfe", "energy", "mmd", "energy_x_floor", "mmd_x_floor"}
+TRAIN_KEYS = {"steps", "steps_per_s", "wall_s", "final_loss", "stop_reason"}
+ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")
+
+_RUNS: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """Run a case once per module in the smoke profile; returns (doc, out folder)."""
+
+    def get(case: str):
+        if case not in _RUNS:
+            out = tmp_path_factory.mktemp(case)
+            doc = run(case, "smoke", seed=0, out=out, device="cpu")
+            _RUNS[case] = (doc, out)
+        return _RUNS[case]
+
+    return get
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_smoke_case_writes_valid_results(case, smoke):
+    _, out = smoke(case)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["case"] == case
+    assert TOP_KEYS <= set(on_disk), TOP_KEYS - set(on_disk)
+    assert on_disk["profile"] == "smoke" and on_disk["seed"] == 0 and on_disk["device"] == "cpu"
+    assert MACHINE_KEYS <= set(on_disk["machine"])
+    assert {"tutorlib", "torch", "numpy", "python"} <= set(on_disk["versions"])
+    assert _finite(on_disk["timings"]["total_s"])
+
+    arrays = np.load(out / "samples.npz")
+    names = set(arrays.files)
+    datasets = list(on_disk["metrics"])
+    assert datasets and set(on_disk["timings"]["train"]) == set(datasets)
+    prefix = (lambda d: f"{d}/") if len(datasets) > 1 else (lambda d: "")
+    expected_arrays = set()
+    for dataset, m in on_disk["metrics"].items():
+        n = m["n"]
+        assert arrays[prefix(dataset) + "data"].shape == (n, 2)
+        expected_arrays.add(prefix(dataset) + "data")
+        for metric in ("energy", "mmd"):
+            floor = m["noise_floor"][metric]
+            assert _finite(floor["mean"]) and floor["mean"] > 0 and floor["n"] == n
+        assert m["entries"], f"{case}/{dataset} has no sample entries"
+        for name, e in m["entries"].items():
+            assert ENTRY_NAME.match(name), name
+            assert ENTRY_KEYS <= set(e), (name, ENTRY_KEYS - set(e))
+            assert e["array"] == prefix(dataset) + name
+            assert all(_finite(e[k]) for k in ("energy", "mmd", "energy_x_floor", "mmd_x_floor")), (name, e)
+            assert isinstance(e["nfe"], int) and e["nfe"] >= 1
+            if name.endswith("@dopri5"):
+                assert e["nfe"] > 1
+            else:
+                assert e["nfe"] == int(name.rsplit("@", 1)[1])
+            x = arrays[e["array"]]
+            assert x.shape == (n, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+            assert _finite(on_disk["timings"]["sample_s"][dataset][name])
+            expected_arrays.add(e["array"])
+        for method, t in on_disk["timings"]["train"][dataset].items():
+            assert TRAIN_KEYS <= set(t), (method, TRAIN_KEYS - set(t))
+            assert t["steps"] > 0 and _finite(t["steps_per_s"]) and _finite(t["wall_s"]) and _finite(t["final_loss"])
+    assert names == expected_arrays
+
+
+def test_fm2d_names_every_dataset_method_and_nfe(smoke):
+    doc, _ = smoke("fm2d")
+    bp = BENCH_PROFILES["smoke"]
+    assert list(doc["metrics"]) == ["checkerboard", "eight_gaussians", "moons", "two_spirals"]
+    for m in doc["metrics"].values():
+        want = {f"{method}@{k}" for method in ("fm-ind", "fm-ot") for k in (*bp.nfes, "dopri5")}
+        assert set(m["entries"]) == want
+
+
+def test_ddpm2d_and_reflow2d_entries(smoke):
+    ddpm = smoke("ddpm2d")[0]["metrics"]["checkerboard"]["entries"]
+    assert {"ancestral@10", "ddim@1", "pf-ode@2", "pf-ode@dopri5"} <= set(ddpm)
+    reflow = smoke("reflow2d")[0]["metrics"]["eight_gaussians"]
+    assert {"1rf@1", "2rf@1", "3rf@1", "2rf@dopri5", "distill@1"} <= set(reflow["entries"])
+    assert set(reflow["straightness"]) == {"1rf", "2rf", "3rf"}
+    assert math.isfinite(smoke("cnf2d")[0]["metrics"]["moons"]["nll"]["nats"])
+
+
+def test_peers2d_reports_every_implementation(smoke):
+    doc, _ = smoke("peers2d")
+    peers = doc["peers"]
+    assert list(peers) == ["project", "plain", "flow_matching", "torchcfm"]
+    entries = doc["metrics"]["checkerboard"]["entries"]
+    for name, p in peers.items():
+        assert p["status"] in ("ok", "skipped"), (name, p)
+        if p["status"] == "skipped":
+            assert name in ("flow_matching", "torchcfm") and p["reason"]
+            continue
+        assert f"{name}@100" in entries
+        rounds = doc["config"]["timing_rounds"]
+        for key in ("train_ms_per_step", "sample_s", "train_ratio", "sample_ratio"):
+            assert len(p[key]["values"]) == rounds >= 5 and p[key]["min"] <= p[key]["median"] <= p[key]["max"]
+        assert _finite(p["energy"])
+
+
+def test_peers2d_skips_a_peer_that_cannot_be_imported(monkeypatch):
+    from tutorlib.bench import peers2d
+
+    def refuse(module: str):
+        raise ImportError(f"No module named {module!r} (simulated)")
+
+    monkeypatch.setattr(peers2d, "import_peer", refuse)
+    base = peers2d.ConcatMLP(2, 8, 1)
+    batch = (torch.zeros(4, 2), torch.ones(4, 2), torch.rand(4))
+    cfg = peers2d.TrainConfig(steps=1, progress=False, ema_decay=None, grad_clip=None)
+    impls = peers2d._make_impls(base, cfg, lambda i: batch, torch.device("cpu"))
+    status = {i.name: (i.status, i.reason) for i in impls}
+    assert status["project"][0] == status["plain"][0] == "ok"
+    for name in ("flow_matching", "torchcfm"):
+        assert status[name][0] == "skipped" and "simulated" in status[name][1]
+
+
+def test_concat_mlp_accepts_scalar_and_batched_times():
+    from tutorlib.bench.peers2d import ConcatMLP
+
+    model = ConcatMLP(2, 8, 2)
+    x = torch.randn(5, 2)
+    full = model(x, torch.full((5,), 0.3))
+    assert torch.allclose(model(x, torch.tensor(0.3)), full) and full.shape == (5, 2)
+
+
+def test_report_renders_every_run(smoke, tmp_path):
+    folders = [smoke(case)[1] for case in CASES]
+    out = tmp_path / "RESULTS.md"
+    text = write_report(folders, out)
+    assert out.read_text() == text
+    assert "Machine:" in text
+    for case in CASES:
+        assert f"## {case}:" in text
+    assert "| checkerboard | fm-ot |" in text and "| implementation |" in text
+
+
+def test_cli_list_and_planned_cases(capsys, tmp_path):
+    assert main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    for name in (*CASES, *PLANNED):
+        assert name in listing
+    assert "planned" in listing
+    assert main(["guidance2d", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "guidance2d" in err and "issue 7" in err and "planned" in err
+    with pytest.raises(PlannedCaseError, match="unknown bench case"):
+        run("no-such-case", "smoke", out=tmp_path)
+    assert not any(tmp_path.iterdir())

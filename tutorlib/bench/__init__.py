@@ -1,0 +1,141 @@
+"""Speed and quality benchmarks of the course's methods, and of tutorlib against peer libraries.
+
+Command line (``python -m tutorlib.bench --help``)::
+
+    python -m tutorlib.bench --list
+    python -m tutorlib.bench CASE [--profile smoke|standard|full] [--seed N] [--out DIR] [--threads N] [--device D]
+    python -m tutorlib.bench report DIR_OR_JSON... [--out bench/RESULTS.md]
+
+A run writes two files into ``DIR`` (default ``bench/out/CASE-PROFILE``, ignored by git):
+
+* ``results.json``: ``schema``, ``case``, ``profile``, ``seed``, ``date`` (UTC), ``device``,
+  ``machine`` (platform, CPU, cpu count, torch threads), ``versions`` (python, tutorlib, torch, numpy,
+  scipy and any peer library), ``config`` (the sizes and settings used), ``timings`` and ``metrics``;
+* ``samples.npz``: the held-out real samples and every generated sample set, ``(n, 2)`` float32.
+
+Cases available now (sizes from :data:`tutorlib.bench.common.BENCH_PROFILES`):
+
+* ``fm2d``: flow matching, independent (``fm-ind``) and minibatch-OT (``fm-ot``) couplings, on
+  checkerboard, eight_gaussians, moons and two_spirals; Euler at NFE 1, 2, 4, 8, 16, 32, 100 and dopri5.
+* ``ddpm2d``: a DDPM epsilon-model: ``ancestral``, ``ddim`` and the probability-flow ODE ``pf-ode``
+  (via :func:`tutorlib.ddpm.ddpm_to_velocity`) at several step counts.
+* ``cnf2d``: a small maximum-likelihood CNF (:func:`tutorlib.likelihood.log_prob` with ``enable_grad``);
+  samples at each NFE and the held-out negative log-likelihood.
+* ``reflow2d``: ``1rf`` (flow matching), ``2rf`` and ``3rf`` trained on couplings from
+  :func:`tutorlib.solvers.reflow_coupling`, and ``distill@1``, a one-step model regressing the 2-RF
+  map x_0 -> x_1.
+* ``peers2d``: one plain MLP trained and sampled identically by tutorlib, plain PyTorch,
+  ``flow_matching`` and ``torchcfm`` (``pip install --no-deps flow_matching torchcfm torchdiffeq``,
+  plus POT); time per training step and per 100-step Euler sample (ratios tutorlib / peer, median
+  and range over interleaved repeats) and the energy distance each reaches. A peer that cannot be
+  imported is reported as skipped, with the reason.
+
+Planned (issue 7; they need library modules that do not exist yet): ``guidance2d``
+(``tutorlib.guidance``), ``discrete2d`` (``tutorlib.discrete``), ``mnist`` (the lesson-09
+U-Net training and sampling helpers).
+
+Naming of sample arrays and JSON keys
+-------------------------------------
+Each generated set is an *entry* named ``METHOD@NFE``: the method, then the number of network
+evaluations, e.g. ``fm-ot@4``, ``2rf@1``, ``ddim@16``, ``distill@1``. Adaptive solves are named
+``METHOD@dopri5`` and their actual NFE is in the JSON (``metrics[DATASET]["entries"][ENTRY]["nfe"]``).
+The held-out reference is ``data``. When a case uses several datasets (``fm2d``), every array name
+is prefixed with ``DATASET/`` (``checkerboard/fm-ot@4``, ``checkerboard/data``); the JSON is keyed by
+dataset in every case::
+
+    metrics[DATASET] = {"n": ..., "noise_floor": {"energy": {"mean", "std", "n", "repeats"}, "mmd": {...}},
+                        "entries": {ENTRY: {"array", "method", "solver", "nfe", "energy", "mmd",
+                                            "energy_x_floor", "mmd_x_floor"}}}
+    timings = {"total_s": ..., "train": {DATASET: {METHOD: {"steps", "steps_per_s", "wall_s", "final_loss",
+                                                            "stop_reason"}}},
+               "sample_s": {DATASET: {ENTRY: seconds}}}
+
+Energy distance and MMD are tutorlib.metrics' V-statistics against the held-out set, with the
+noise floor (:func:`tutorlib.metrics.noise_floor`) at the same ``n``; ``*_x_floor`` is the ratio.
+``peers2d`` adds a top-level ``peers`` record (status, versions, per-repeat times and ratios).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CASES", "PLANNED", "Case", "PlannedCaseError", "run"]
+
+ISSUE = "issue 7"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A runnable bench case: its name, one-line summary and implementing module."""
+
+    name: str  # the CLI name, e.g. "fm2d"
+    summary: str  # one line for --list
+    module: str  # module whose run_case(bp, seed, device) returns a filled-in common.Run
+
+
+CASES: dict[str, Case] = {c.name: c for c in [
+    Case("fm2d", "flow matching, independent vs minibatch-OT coupling, 4 datasets, Euler NFE sweep + dopri5",
+         "tutorlib.bench.fm2d"),
+    Case("ddpm2d", "DDPM eps-model: ancestral, DDIM and probability-flow ODE vs steps", "tutorlib.bench.ddpm2d"),
+    Case("cnf2d", "maximum-likelihood CNF (exact divergence), samples vs NFE and held-out NLL",
+         "tutorlib.bench.cnf2d"),
+    Case("reflow2d", "1-, 2-, 3-rectified flow and a one-step distilled model", "tutorlib.bench.reflow2d"),
+    Case("peers2d", "tutorlib vs plain PyTorch, flow_matching and torchcfm on one MLP: speed and quality",
+         "tutorlib.bench.peers2d"),
+]}
+
+PLANNED: dict[str, str] = {
+    "guidance2d": "classifier and classifier-free guidance sweeps on labelled 2D data; needs tutorlib.guidance",
+    "discrete2d": "discrete flow matching on a tokenised 2D checkerboard; needs tutorlib.discrete",
+    "mnist": "flow matching, reflow and distillation on MNIST (judge accuracy, Frechet distance); needs the "
+             "lesson-09 U-Net training and sampling helpers in tutorlib",
+}
+
+
+class PlannedCaseError(ValueError):
+    """A case that is planned but not built yet (or not known at all)."""
+
+
+def _case(name: str) -> Case:
+    if name in CASES:
+        return CASES[name]
+    if name in PLANNED:
+        raise PlannedCaseError(f"bench case {name!r} is planned ({ISSUE}) but not available yet: {PLANNED[name]}. "
+                               f"Available cases: {', '.join(CASES)}.")
+    raise PlannedCaseError(f"unknown bench case {name!r}; available: {', '.join(CASES)}; "
+                           f"planned ({ISSUE}): {', '.join(PLANNED)}.")
+
+
+def run(case: str, profile: str = "standard", seed: int = 0, out: str | Path | None = None,
+        device: Any = None) -> dict[str, Any]:
+    """Run one case and write ``results.json`` and ``samples.npz`` into ``out``.
+
+    Args:
+        case: a key of :data:`CASES`.
+        profile: ``smoke``, ``standard`` or ``full``.
+        seed: the run's seed (every generator and initialisation derives from it).
+        out: output folder (default ``bench/out/CASE-PROFILE`` under the current directory).
+        device: a torch device or its name (default: :func:`tutorlib.device.get_device`).
+
+    Returns:
+        The ``results.json`` document.
+
+    Raises:
+        PlannedCaseError: ``case`` is planned or unknown.
+    """
+    import torch
+
+    from tutorlib.bench.common import bench_profile
+    from tutorlib.device import get_device
+
+    spec = _case(case)
+    bp = bench_profile(profile)
+    dev = get_device() if device is None else torch.device(device)
+    module = importlib.import_module(spec.module)
+    run_obj = module.run_case(bp, seed, dev)
+    doc = run_obj.result()
+    run_obj.write(Path(out) if out is not None else Path("bench") / "out" / f"{case}-{profile}", doc)
+    return doc

@@ -1,0 +1,177 @@
+"""``python -m tutorlib.bench report DIR... --out FILE.md``: results.json files as markdown tables.
+
+One section per run: the energy distance and MMD of every entry as a multiple of its noise floor
+(rows: dataset and method; columns: NFE, then dopri5 with its NFE), training speed, case extras
+(CNF likelihood, reflow straightness) and, for ``peers2d``, the speed ratios and quality per
+implementation. The header names the date and the machine of the runs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from tutorlib.bench import CASES
+
+
+def load_results(inputs: list[str | Path]) -> list[dict[str, Any]]:
+    """Read ``results.json`` from each folder (or file) in ``inputs``, in the given order."""
+    docs = []
+    for item in inputs:
+        path = Path(item)
+        path = path / "results.json" if path.is_dir() else path
+        if not path.is_file():
+            raise FileNotFoundError(f"no results.json at {path}")
+        docs.append(json.loads(path.read_text()))
+    return docs
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3g}"
+    return str(x)
+
+
+def _machine_line(doc: dict[str, Any]) -> str:
+    m, v = doc["machine"], doc["versions"]
+    return (f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} cores, {m.get('torch_threads', '?')} torch thread(s), "
+            f"device {doc['device']}; {m.get('platform', '?')}; python {v.get('python')}, torch {v.get('torch')}")
+
+
+def _label_key(label: str) -> tuple[int, float]:
+    return (0, float(label)) if label.replace(".", "", 1).isdigit() else (1, 0.0)
+
+
+def _metric_table(doc: dict[str, Any], metric: str) -> list[str]:
+    rows, labels = [], set()
+    for dataset, m in doc["metrics"].items():
+        methods: dict[str, dict[str, Any]] = {}
+        for name, e in m["entries"].items():
+            method, label = name.rsplit("@", 1)
+            methods.setdefault(method, {})[label] = e
+            labels.add(label)
+        for method, by_label in methods.items():
+            rows.append((dataset, method, by_label))
+    cols = sorted(labels, key=_label_key)
+    head = ["dataset", "method", *[f"NFE {c}" if c != "dopri5" else "dopri5 (NFE)" for c in cols]]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for dataset, method, by_label in rows:
+        cells = []
+        for c in cols:
+            e = by_label.get(c)
+            if e is None:
+                cells.append("")
+            elif c == "dopri5":
+                cells.append(f"{_fmt(e[metric + '_x_floor'], 3)} ({e['nfe']})")
+            else:
+                cells.append(_fmt(e[metric + "_x_floor"], 3))
+        out.append(f"| {dataset} | {method} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _floors(doc: dict[str, Any]) -> str:
+    parts = []
+    for dataset, m in doc["metrics"].items():
+        f = m["noise_floor"]
+        parts.append(f"{dataset} energy {_fmt(f['energy']['mean'])} ± {_fmt(f['energy']['std'], 2)}, "
+                     f"MMD {_fmt(f['mmd']['mean'])} ± {_fmt(f['mmd']['std'], 2)} (n = {m['n']})")
+    return "; ".join(parts)
+
+
+def _training_table(doc: dict[str, Any]) -> list[str]:
+    out = ["| dataset | method | steps | steps/s | wall s | final loss |", "|---|---|---|---|---|---|"]
+    for dataset, methods in doc["timings"]["train"].items():
+        for method, t in methods.items():
+            out.append(f"| {dataset} | {method} | {t['steps']} | {_fmt(t['steps_per_s'])} | {_fmt(t['wall_s'])} "
+                       f"| {_fmt(t['final_loss'])} |")
+    return out
+
+
+def _spread(s: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+    if not s or s.get("median") is None:
+        return "–"
+    return (f"{_fmt(scale * s['median'], digits)} [{_fmt(scale * s['min'], digits)}–"
+            f"{_fmt(scale * s['max'], digits)}]")
+
+
+def _peers_table(doc: dict[str, Any]) -> list[str]:
+    cfg = doc["config"]
+    out = [f"Same MLP, data, seed, batch {cfg.get('batch')}, {cfg.get('steps')} AdamW steps for all; times are "
+           f"medians [min–max] over {cfg.get('timing_rounds')} interleaved rounds; ratios are project / "
+           f"implementation per round (above 1: the project is slower). Sampling: {cfg.get('sample_steps')} Euler "
+           f"steps, {cfg.get('sample_points')} points.", "",
+           "| implementation | version | status | train ms/step | train ratio | sample s | sample ratio | "
+           "energy (× floor) |", "|---|---|---|---|---|---|---|---|"]
+    for name, p in doc["peers"].items():
+        if p["status"] != "ok":
+            out.append(f"| {name} | {_fmt(p.get('version'))} | {p['status']}: {p.get('reason')} | | | | | |")
+            continue
+        out.append(f"| {name} | {_fmt(p.get('version'))} | ok | {_spread(p['train_ms_per_step'])} | "
+                   f"{_spread(p['train_ratio'])} | {_spread(p['sample_s'])} | {_spread(p['sample_ratio'])} | "
+                   f"{_fmt(p['energy'])} ({_fmt(p['energy_x_floor'])}) |")
+    return out
+
+
+def _extras(doc: dict[str, Any]) -> list[str]:
+    out = []
+    for dataset, m in doc["metrics"].items():
+        if "nll" in m:
+            n = m["nll"]
+            out.append(f"- {dataset}: held-out NLL {_fmt(n['nats'], 4)} nats (n = {n['n']}, {n['method']}, "
+                       f"{n['nfe']} NFE)")
+        if "straightness" in m:
+            out.append(f"- {dataset}: straightness (100 Euler steps; 0 = straight) "
+                       + ", ".join(f"{k} {_fmt(v)}" for k, v in m["straightness"].items()))
+    return out
+
+
+def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
+    """The markdown report of the given results documents."""
+    today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    lines = ["# Bench results", "",
+             f"Written {today} by `python -m tutorlib.bench report` from {len(docs)} run(s)"
+             + (f" ({', '.join(sources)})" if sources else "") + ". Re-run a case with "
+             "`python -m tutorlib.bench CASE --profile PROFILE --seed N --out DIR`.", ""]
+    machines = {_machine_line(d) for d in docs}
+    if len(machines) == 1:
+        lines += [f"Machine: {machines.pop()}.", ""]
+    lines += ["Quality columns are the energy distance (and MMD) of each sample set against held-out data, "
+              "as a multiple of the noise floor: the same V-statistic between two independent data draws of the "
+              "same size (1 = indistinguishable from data at this n; lower is better). `NFE k`: k network "
+              "evaluations (Euler steps for flows); dopri5 shows its NFE in brackets.", ""]
+    for doc in docs:
+        case = doc["case"]
+        summary = CASES[case].summary if case in CASES else ""
+        lines += [f"## {case}: {summary}", "",
+                  f"Run {doc['date']} (UTC), profile `{doc['profile']}`, seed {doc['seed']}, "
+                  f"{_fmt(doc['timings']['total_s'], 4)} s wall time, device {doc['device']}, "
+                  f"{doc['machine'].get('torch_threads')} thread(s).", ""]
+        if len({_machine_line(d) for d in docs}) > 1:
+            lines += [f"Machine: {_machine_line(doc)}.", ""]
+        if "peers" in doc:
+            lines += _peers_table(doc) + [""]
+        lines += ["Energy distance / noise floor:", ""] + _metric_table(doc, "energy") + [""]
+        lines += ["MMD / noise floor:", ""] + _metric_table(doc, "mmd") + [""]
+        lines += [f"Noise floors: {_floors(doc)}.", ""]
+        lines += ["Training:", ""] + _training_table(doc) + [""]
+        extras = _extras(doc)
+        if extras:
+            lines += extras + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(inputs: list[str | Path], out: str | Path | None = None) -> str:
+    """Render ``inputs`` (result folders or files) and write the markdown to ``out`` if given."""
+    docs = load_results(inputs)
+    text = render(docs, [str(Path(i)) for i in inputs])
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    return text
