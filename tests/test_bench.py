@@ -177,3 +177,38 @@ def test_cli_list_and_planned_cases(capsys, tmp_path):
     with pytest.raises(PlannedCaseError, match="unknown bench case"):
         run("no-such-case", "smoke", out=tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_ttq2d_records_curves_and_the_time_to_quality_table(smoke, tmp_path):
+    from tutorlib.bench.ttq import TTQ_CONFIGS
+
+    doc, out = smoke("ttq2d")
+    cfg = TTQ_CONFIGS["smoke"]
+    assert list(doc["ttq"]) == ["checkerboard", "eight_gaussians", "moons", "two_spirals"]
+    for dataset, curves in doc["ttq"].items():
+        assert set(curves) == {"project", "project-raw", "peer"}
+        for recipe, by_seed in curves.items():
+            assert len(by_seed) == cfg.seeds
+            for curve in by_seed.values():
+                assert len(curve) == len(cfg.snapshots_s)
+                times = [p["train_s"] for p in curve]
+                assert times == sorted(times) and times[-1] >= cfg.budget_s
+                assert all(p["steps"] > 0 and _finite(p["energy_x_floor"]) for p in curve)
+            s = doc["ttq_summary"][dataset][recipe]
+            assert s["final_x_floor"]["min"] <= s["final_x_floor"]["median"] <= s["final_x_floor"]["max"]
+    text = write_report([out], tmp_path / "r.md")
+    assert "Time to quality:" in text and "| checkerboard | peer |" in text
+
+
+def test_ttq_summary_counts_unreached_targets():
+    from tutorlib.bench.ttq import summarise
+
+    curve = lambda xs: [{"train_s": t, "steps": 1, "energy_x_floor": x} for t, x in zip((5, 10), xs)]  # noqa: E731
+    s = summarise({"a": {"0": curve((3, 1.5)), "1": curve((1, 1)), "2": curve((9, 9))}}, 2.0)["a"]
+    assert s["time_to_target_s"]["values"] == [10, 5, None]
+    assert s["time_to_target_s"]["median"] == 10 and s["final_x_floor"]["median"] == 1.5
+
+
+def test_datasets_subset_only_for_cases_that_take_one(tmp_path):
+    with pytest.raises(ValueError, match="dataset subset"):
+        run("fm2d", "smoke", out=tmp_path, datasets=("moons",))

@@ -68,3 +68,44 @@ def test_minibatch_ot_on_cuda():
     assert b.device.type == "cuda"
     ca, cb = minibatch_ot(x_0.cpu(), x_1.cpu())
     torch.testing.assert_close(b.cpu(), cb)
+
+
+# --- block_ot: the block-sorted approximation ---
+
+from tutorlib.couplings import block_ot, block_ot_assignment, hilbert_index  # noqa: E402
+
+
+def _cost(a, b):
+    return float((a - b).reshape(a.shape[0], -1).square().sum())
+
+
+@pytest.mark.parametrize("shape", [(200, 2), (64, 1), (48, 3, 4), (33, 2)])
+def test_block_ot_is_a_permutation_for_any_shape(shape):
+    g = torch.Generator().manual_seed(0)
+    x_0, x_1 = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g) + 1
+    sigma = block_ot_assignment(x_0, x_1, block=16)
+    assert sorted(sigma.tolist()) == list(range(shape[0]))
+    a, b = block_ot(x_0, x_1, block=16)
+    assert a is x_0 and torch.equal(b, x_1[sigma])
+
+
+def test_block_ot_between_exact_and_independent_cost():
+    from tutorlib.data import gaussian, toy_sampler
+
+    g = torch.Generator().manual_seed(1)
+    x_1, x_0 = toy_sampler("checkerboard")(256, generator=g), gaussian(256, generator=g)
+    exact = _cost(x_0, x_1[ot_assignment(x_0, x_1)])
+    approx = _cost(x_0, x_1[block_ot_assignment(x_0, x_1, block=64)])
+    assert exact <= approx + 1e-4 and approx < 1.35 * exact < _cost(x_0, x_1)
+    assert _cost(x_0, x_1[block_ot_assignment(x_0, x_1, block=256)]) == pytest.approx(exact, rel=1e-6)
+
+
+def test_hilbert_index_is_a_bijection_on_the_grid_and_local():
+    bits = 3
+    n = 1 << bits
+    grid = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(-1, 2).float()
+    d = hilbert_index(grid, bits=bits)
+    assert sorted(d.tolist()) == list(range(n * n))
+    ordered = grid[torch.argsort(d)]
+    steps = (ordered[1:] - ordered[:-1]).abs().sum(1)
+    assert torch.all(steps == 1)  # consecutive cells are neighbours

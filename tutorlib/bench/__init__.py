@@ -29,6 +29,11 @@ Cases available now (sizes from :data:`tutorlib.bench.common.BENCH_PROFILES`):
   plus POT); time per training step and per 100-step Euler sample (ratios tutorlib / peer, median
   and range over interleaved repeats) and the energy distance each reaches. A peer that cannot be
   imported is reported as skipped, with the reason.
+* ``ttq2d``: time to quality: the project's recipe (TimeMLP, warm-up + cosine over the time budget, EMA)
+  against facebookresearch/flow_matching's checkerboard example (4 x 512 MLP, batch 4096, Adam 1e-3),
+  each trained for the same wall-clock budget with scored snapshots (evaluation time excluded), several
+  seeds per dataset; a top-level ``ttq`` record holds the curves and ``ttq_summary`` the time to
+  2 x floor and the final ratio (see :mod:`tutorlib.bench.ttq`).
 
 Planned (issue 7; they need library modules that do not exist yet): ``guidance2d``
 (``tutorlib.guidance``), ``discrete2d`` (``tutorlib.discrete``), ``mnist`` (the lesson-09
@@ -74,6 +79,7 @@ class Case:
     name: str  # the CLI name, e.g. "fm2d"
     summary: str  # one line for --list
     module: str  # module whose run_case(bp, seed, device) returns a filled-in common.Run
+    takes_datasets: bool = False  # run_case also takes datasets= (a subset of the case's datasets)
 
 
 CASES: dict[str, Case] = {c.name: c for c in [
@@ -85,6 +91,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("reflow2d", "1-, 2-, 3-rectified flow and a one-step distilled model", "tutorlib.bench.reflow2d"),
     Case("peers2d", "tutorlib vs plain PyTorch, flow_matching and torchcfm on one MLP: speed and quality",
          "tutorlib.bench.peers2d"),
+    Case("ttq2d", "time to quality: project recipe vs flow_matching's example on equal wall-clock budgets, 4 datasets",
+         "tutorlib.bench.ttq", takes_datasets=True),
 ]}
 
 PLANNED: dict[str, str] = {
@@ -110,7 +118,7 @@ def _case(name: str) -> Case:
 
 
 def run(case: str, profile: str = "standard", seed: int = 0, out: str | Path | None = None,
-        device: Any = None) -> dict[str, Any]:
+        device: Any = None, datasets: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Run one case and write ``results.json`` and ``samples.npz`` into ``out``.
 
     Args:
@@ -119,6 +127,7 @@ def run(case: str, profile: str = "standard", seed: int = 0, out: str | Path | N
         seed: the run's seed (every generator and initialisation derives from it).
         out: output folder (default ``bench/out/CASE-PROFILE`` under the current directory).
         device: a torch device or its name (default: :func:`tutorlib.device.get_device`).
+        datasets: run only these datasets (cases with ``takes_datasets``; ``None``: all of them).
 
     Returns:
         The ``results.json`` document.
@@ -132,10 +141,12 @@ def run(case: str, profile: str = "standard", seed: int = 0, out: str | Path | N
     from tutorlib.device import get_device
 
     spec = _case(case)
+    if datasets and not spec.takes_datasets:
+        raise ValueError(f"bench case {case!r} does not take a dataset subset")
     bp = bench_profile(profile)
     dev = get_device() if device is None else torch.device(device)
     module = importlib.import_module(spec.module)
-    run_obj = module.run_case(bp, seed, dev)
+    run_obj = module.run_case(bp, seed, dev, datasets) if spec.takes_datasets else module.run_case(bp, seed, dev)
     doc = run_obj.result()
     run_obj.write(Path(out) if out is not None else Path("bench") / "out" / f"{case}-{profile}", doc)
     return doc

@@ -32,6 +32,8 @@ def _run_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=None, help="output folder (default bench/out/CASE-PROFILE)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default TUTORLIB_THREADS, else all cores)")
+    ap.add_argument("--datasets", default=None,
+                    help="comma-separated subset of the case's datasets (cases that take one, e.g. ttq2d)")
     ap.add_argument("--device", default=None, help="torch device (default TUTORLIB_DEVICE, else cuda/mps/cpu)")
     return ap
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
 
     set_threads(args.threads)
     try:
-        run(args.case, args.profile, args.seed, args.out, args.device)
+        datasets = tuple(args.datasets.split(",")) if args.datasets else None
+        run(args.case, args.profile, args.seed, args.out, args.device, datasets)
     except PlannedCaseError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

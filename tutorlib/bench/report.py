@@ -119,6 +119,29 @@ def _peers_table(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _ttq_table(doc: dict[str, Any]) -> list[str]:
+    """Time to quality (``ttq2d``): per dataset and recipe, medians [min-max] over seeds."""
+    cfg = doc["config"]["ttq"]
+    target = cfg["target_x_floor"]
+    out = [f"Each recipe trains for {_fmt(cfg['budget_s'])} s of wall-clock time (scoring excluded), scored at "
+           f"{', '.join(_fmt(t) for t in cfg['snapshots_s'])} s: energy distance at {cfg['euler_steps']} Euler steps "
+           f"/ noise floor (n = {cfg['n']}, {cfg['repeats']} draws). Medians [min–max] over {cfg['seeds']} seed(s); "
+           f"`>B` = not reached within the budget. Peer trained through {doc['config']['peer_path']}.", "",
+           f"| dataset | recipe | time to ≤ {_fmt(target)}× floor (s) | × floor at {_fmt(cfg['budget_s'])} s | "
+           f"steps at {_fmt(cfg['budget_s'])} s |", "|---|---|---|---|---|"]
+    for dataset, recipes in doc["ttq_summary"].items():
+        for recipe, r in recipes.items():
+            ttt = r["time_to_target_s"]
+            vals = ttt["values"]
+            txt = ">B" if ttt["median"] is None else _fmt(ttt["median"])
+            txt += " [" + "–".join(">B" if v is None else _fmt(v) for v in (
+                min((v for v in vals if v is not None), default=None), None if None in vals else max(vals))) + "]"
+            steps = [c[-1]["steps"] for c in doc["ttq"][dataset][recipe].values()]
+            out.append(f"| {dataset} | {recipe} | {txt} | {_spread(r['final_x_floor'])} | "
+                       f"{sorted(steps)[(len(steps) - 1) // 2]} |")
+    return out
+
+
 def _extras(doc: dict[str, Any]) -> list[str]:
     out = []
     for dataset, m in doc["metrics"].items():
@@ -157,6 +180,8 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
             lines += [f"Machine: {_machine_line(doc)}.", ""]
         if "peers" in doc:
             lines += _peers_table(doc) + [""]
+        if "ttq_summary" in doc:
+            lines += ["Time to quality:", ""] + _ttq_table(doc) + [""]
         lines += ["Energy distance / noise floor:", ""] + _metric_table(doc, "energy") + [""]
         lines += ["MMD / noise floor:", ""] + _metric_table(doc, "mmd") + [""]
         lines += [f"Noise floors: {_floors(doc)}.", ""]
