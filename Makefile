@@ -8,12 +8,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tutorlib-installed
 export TUTORLIB_PROFILE ?= standard
 
-.PHONY: course test lab book install clean help
+.PHONY: course test lab book serve-book install clean help
 
 help:
 	@echo "make course   install, run every lesson ($$TUTORLIB_PROFILE, default standard) and build the book"
 	@echo "make test     install and run every test (library, lessons in the smoke profile, book)"
 	@echo "make lab      open the lessons in JupyterLab (.py lessons open as notebooks)"
+	@echo "make serve-book  serve the built book on port $(BOOK_PORT), e.g. to a classroom"
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "Python >= 3.10 is needed, found " + sys.version.split()[0]'
@@ -32,6 +33,13 @@ test: $(STAMP)
 book: $(STAMP)
 	$(PY) -m tutorlib.course build-book
 
+# The book needs no internet: serve it to a classroom from the instructor's machine.
+BOOK_PORT ?= 8000
+BOOK_HTML := build/book-$(TUTORLIB_PROFILE)/_build/html
+serve-book: $(STAMP)
+	@test -f $(BOOK_HTML)/index.html || $(PY) -m tutorlib.course build-book
+	$(PY) -m http.server $(BOOK_PORT) --directory $(BOOK_HTML)
+
 course: $(STAMP)
 	$(PY) -m tutorlib.course all
 
@@ -39,4 +47,4 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab lessons/
 
 clean:
-	rm -rf book/_build build .pytest_cache
+	rm -rf book/_build book/_generated book/lessons build .pytest_cache

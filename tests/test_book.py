@@ -1,28 +1,83 @@
-"""The book builds strictly (warnings are errors) in the smoke profile, with every lesson in it."""
+"""The book builds strictly (warnings are errors) in the smoke profile, with every lesson in it.
 
-import os
-import subprocess
-import sys
+The build itself is the session fixture ``smoke_book`` (tests/conftest.py), shared with
+tests/test_browser.py, so the book is built once per test run.
+"""
+
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+
+from tutorlib import course
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_book_builds_strictly_in_smoke_profile():
-    env = dict(os.environ, TUTORLIB_PROFILE="smoke")
-    proc = subprocess.run(
-        [sys.executable, "-m", "tutorlib.course", "build-book", "--strict"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    html = ROOT / "build" / "book-smoke" / "_build" / "html"
-    for lesson in sorted((ROOT / "lessons").glob("[0-9]*.py")):
+def test_book_builds_strictly_in_smoke_profile(smoke_book):
+    assert smoke_book.returncode == 0, smoke_book.log
+    print(f"smoke book built in {smoke_book.seconds:.0f} s")
+    html = smoke_book.html
+    for lesson in course.lesson_sources():
         page = html / "lessons" / f"{lesson.stem}.html"
         assert page.is_file(), f"{lesson.name} is missing from the book (add it to book/_toc.yml)"
         text = page.read_text()
         assert "Traceback" not in text, f"{page.name} shows an error"
     toc = (ROOT / "book" / "_toc.yml").read_text()
     assert all(f"lessons/{p.stem}" in toc for p in (ROOT / "lessons").glob("[0-9]*.py"))
+
+
+def test_toc_lists_every_lesson_in_order():
+    """The committed toc is the generated one: a new lesson cannot be left out of the book."""
+    lessons = course.read_lessons()
+    committed = (ROOT / "book" / "_toc.yml").read_text()
+    assert committed == course.toc_yaml(lessons), "book/_toc.yml is stale: run `python -m tutorlib.course pages`"
+    files = [c["file"] for part in yaml.safe_load(committed)["parts"] for c in part["chapters"]]
+    assert files[: len(lessons)] == [ls.docname for ls in lessons]
+    for page in files[len(lessons):]:
+        assert (ROOT / "book" / f"{page}.md").is_file(), f"book/{page}.md is missing"
+
+
+def test_every_lesson_states_its_run_times_and_cites_the_reading_list():
+    refs = yaml.safe_load((ROOT / "book" / "references.yml").read_text())["papers"]
+    for ls in course.read_lessons():
+        assert set(ls.run_time) == {"cpu", "gpu", "smoke"}, f"{ls.path.name}: run time line not understood: {ls.run_time}"
+        cited = [course.match_paper(item, refs) for item in ls.references]
+        assert any(cited), f"{ls.path.name} cites no paper of the reading list (book/references.yml) by title"
+
+
+def test_run_time_and_reference_parsing():
+    header = ("# # 07 · Solvers\n\n**Run time** (measured): CPU standard ≈ 3 min (cold) · GPU standard:\n"
+              "not measured yet · smoke ≈ RUNTIME_SMOKE. The last cell prints it.\n\n**Loads:** nothing.")
+    assert course.parse_run_time(header) == {"cpu": "3 min (cold)", "gpu": "not measured yet",
+                                             "smoke": "not measured yet"}
+    references = ("## References\n- *Flow Straight and Fast* (Liu et al.): reflow,\n  continued.\n"
+                  "- Energy distance: Székely, *Energy statistics*.\n")
+    cells = ["## Summary\n- a", references]
+    items = course.parse_references(cells)
+    assert items == ["*Flow Straight and Fast* (Liu et al.): reflow, continued.",
+                     "Energy distance: Székely, *Energy statistics*."]
+    papers = [{"title": "Flow Straight and Fast: Learning to Generate and Transfer Data with Rectified Flow"},
+              {"title": "Flow Matching for Generative Modeling"}]
+    assert course.match_paper(items[0], papers) is papers[0]
+    assert course.match_paper(items[1], papers) is None
+    assert course.match_paper("*Flow Matching*", papers) is None  # a prefix alone is not a match
+
+
+def test_book_renderer_leaves_plotly_js_and_cdns_out():
+    """The book's figures load plotly.js from the site (book/_ext/course_book.py), not inline or from a CDN."""
+    import plotly.graph_objects as go
+    import plotly.io as pio
+
+    from tutorlib import plotting
+
+    assert course.BOOK_PLOTLY_RENDERER == plotting.BOOK_RENDERER
+    fig = plotting.time_slider({0.0: torch.zeros(3, 2), 1.0: torch.ones(3, 2)})
+    bundle = pio.renderers[plotting.BOOK_RENDERER].to_mimebundle(fig.to_dict())
+    html = bundle["text/html"]
+    assert "Plotly.newPlot" in html and "addFrames" in html
+    assert "http" not in html.replace("http://www.w3.org", ""), "the figure refers to another host"
+    assert len(html) < 50_000, "plotly.js is embedded in the figure"
+    assert isinstance(fig, go.Figure)
