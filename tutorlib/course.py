@@ -38,6 +38,7 @@ APPENDIX_GLOB = "[A-Z]_*.py"  # lessons/A_mnist_at_scale.py, ...
 BOOK_PLOTLY_RENDERER = "tutorlib_book"
 # Hand-written pages after the lessons: (caption, [page, ...]).
 EXTRA_PARTS = [
+    ("Results", ["results"]),
     ("Reference", ["notation", "glossary", "bibliography"]),
     ("For instructors", ["instructor_guide"]),
 ]
