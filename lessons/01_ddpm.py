@@ -23,8 +23,8 @@
 #
 # **Prerequisites:** lesson 00 (notation, toy data, energy distance and its noise floor).
 #
-# **Run time** (measured, top to bottom): CPU standard ≈ 3 min (first run, which trains the MNIST model;
-# ≈ 2.5 min once its checkpoint is cached; measured on a shared, loaded 2-core machine, one torch thread) ·
+# **Run time** (measured, top to bottom): CPU standard ≈ 65 s on 2 free cores (first run, which trains the MNIST
+# model; up to 3 min on a loaded machine) ·
 # GPU standard ≈ 35 s (one H200, first run) · smoke ≈ 10 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, and the small MNIST DDPM checkpoint if an earlier run saved it.

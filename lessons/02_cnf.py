@@ -26,7 +26,7 @@
 # **Prerequisites:** lesson 00 (notation, toy data, metrics); the idea of an ODE solver
 # (Euler's method). Lesson 01 helps but is not needed.
 #
-# **Run time** (measured, top to bottom): CPU standard ≈ 2.5 min · GPU standard ≈ 1 min (one H200: the
+# **Run time** (measured, top to bottom): CPU standard ≈ 80 s (2 free cores; 2.5 min on a loaded machine) · GPU standard ≈ 1 min (one H200: the
 # small networks gain little from a GPU) ·
 # smoke ≈ 10 s. The last cell prints this run's time; most of it is the likelihood training of section 3.
 #
