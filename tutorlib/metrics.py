@@ -187,12 +187,7 @@ def noise_floor(
     Returns:
         A :class:`NoiseFloor`.
     """
-    values = []
-    for _ in range(repeats):
-        a = sampler(n, generator=generator)  # (n, D)
-        b = sampler(n, generator=generator)  # (n, D)
-        values.append(float(metric(a, b)))
-    r = RepeatedMetric.from_values(values, n)
+    r = model_score(sampler, sampler, n, metric=metric, generator=generator, repeats=repeats)  # data vs data
     return NoiseFloor(mean=r.mean, std=r.std, values=r.values, n=n)
 
 
