@@ -212,3 +212,25 @@ def test_ttq_summary_counts_unreached_targets():
 def test_datasets_subset_only_for_cases_that_take_one(tmp_path):
     with pytest.raises(ValueError, match="dataset subset"):
         run("fm2d", "smoke", out=tmp_path, datasets=("moons",))
+
+
+def test_readme_summary_block_is_rewritten_between_its_markers(tmp_path):
+    from pathlib import Path
+
+    from tutorlib.bench.report import README_END, README_START, load_results, readme_summary, update_readme
+
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    docs = load_results([results])
+    assert {d["case"] for d in docs} >= {"fm2d", "peers2d"}
+    summary = readme_summary(docs)
+    assert "| flow matching, minibatch OT | checkerboard |" in summary and "Measured 20" in summary
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\nrest\n")
+    update_readme(readme, summary)
+    text = readme.read_text()
+    assert "old table" not in text and summary in text and text.startswith("intro") and text.endswith("rest\n")
+    update_readme(readme, summary)  # idempotent
+    assert readme.read_text() == text
+    readme.write_text("no markers here\n")
+    with pytest.raises(ValueError, match="bench summary block"):
+        update_readme(readme, summary)

@@ -43,16 +43,21 @@ def _report_parser() -> argparse.ArgumentParser:
                                  description="Turn results.json files into a markdown report.")
     ap.add_argument("inputs", nargs="+", help="result folders (holding results.json) or results.json files")
     ap.add_argument("--out", default=None, help="markdown file to write (default: print)")
+    ap.add_argument("--readme", default=None,
+                    help="also rewrite the short summary between the bench-summary markers of this file (README.md)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
-        from tutorlib.bench.report import write_report
+        from tutorlib.bench.report import load_results, readme_summary, update_readme, write_report
 
         args = _report_parser().parse_args(argv[1:])
         text = write_report(args.inputs, args.out)
+        if args.readme is not None:
+            update_readme(args.readme, readme_summary(load_results(args.inputs)))
+            print(f"updated the bench summary in {args.readme}", file=sys.stderr)
         if args.out is None:
             print(text)
         else:

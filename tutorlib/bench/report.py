@@ -18,15 +18,24 @@ from tutorlib.bench import CASES
 
 
 def load_results(inputs: list[str | Path]) -> list[dict[str, Any]]:
-    """Read ``results.json`` from each folder (or file) in ``inputs``, in the given order."""
-    docs = []
+    """Read the results in ``inputs``, in the given order.
+
+    Each item is a results file, a run folder holding ``results.json``, or a folder of collected
+    results files (``bench/results/*.json``, read in name order).
+    """
+    paths: list[Path] = []
     for item in inputs:
         path = Path(item)
-        path = path / "results.json" if path.is_dir() else path
-        if not path.is_file():
-            raise FileNotFoundError(f"no results.json at {path}")
-        docs.append(json.loads(path.read_text()))
-    return docs
+        if path.is_dir():
+            found = [path / "results.json"] if (path / "results.json").is_file() else sorted(path.glob("*.json"))
+            if not found:
+                raise FileNotFoundError(f"{path} holds neither results.json nor any *.json results file")
+            paths += found
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"no results file or folder at {path}")
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -190,6 +199,60 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
         if extras:
             lines += extras + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+README_START = "<!-- bench-summary:start (written by `python -m tutorlib.bench report ... --readme README.md`) -->"
+README_END = "<!-- bench-summary:end -->"
+
+
+def _entry_x_floor(doc: dict[str, Any], dataset: str, key: str) -> str:
+    entry = doc["metrics"].get(dataset, {}).get("entries", {}).get(key)
+    return _fmt(entry["energy_x_floor"]) if entry else "–"
+
+
+def readme_summary(docs: list[dict[str, Any]]) -> str:
+    """A short, dated markdown summary for the README: quality at a few NFE, and speed vs peers."""
+    by_case = {d["case"]: d for d in docs if d.get("device", "cpu") == "cpu"}
+    lines = []
+    dates = sorted(d["date"][:10] for d in by_case.values())
+    if dates:
+        machine = _machine_line(next(iter(by_case.values())))
+        lines += [f"Measured {dates[-1]} on {machine}. Energy distance to held-out data as a multiple of its "
+                  "noise floor (1 = as close as two independent data draws); full tables in "
+                  "[bench/RESULTS.md](bench/RESULTS.md).", ""]
+    rows = []
+    fm, reflow, ddpm = by_case.get("fm2d"), by_case.get("reflow2d"), by_case.get("ddpm2d")
+    if fm:
+        for method, label in (("fm-ind", "flow matching, independent coupling"), ("fm-ot", "flow matching, minibatch OT")):
+            rows.append((label, "checkerboard", *(_entry_x_floor(fm, "checkerboard", f"{method}@{k}") for k in (1, 4, 100))))
+    if ddpm:
+        rows.append(("DDPM, DDIM sampler", "checkerboard", "–", "–", _entry_x_floor(ddpm, "checkerboard", "ddim@100")))
+    if reflow:
+        for method, label in (("1rf", "1-rectified flow"), ("2rf", "2-rectified flow"), ("distill", "distilled 2-RF")):
+            rows.append((label, "eight_gaussians", _entry_x_floor(reflow, "eight_gaussians", f"{method}@1"), "–", "–"))
+    if rows:
+        lines += ["| method | data | 1 NFE | 4 NFE | 100 NFE |", "|---|---|---|---|---|"]
+        lines += [f"| {' | '.join(r)} |" for r in rows] + [""]
+    peers = by_case.get("peers2d")
+    if peers:
+        ok = {n: p for n, p in peers["peers"].items() if p["status"] == "ok" and n != "project"}
+        if ok:
+            lines += ["Speed against peers on the same task (project time / peer time, median [min–max]):", "",
+                      "| peer | training step | sampling |", "|---|---|---|"]
+            lines += [f"| {n} | {_spread(p['train_ratio'])} | {_spread(p['sample_ratio'])} |" for n, p in ok.items()]
+            lines += [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(path: str | Path, summary: str) -> None:
+    """Replace the text between the bench-summary markers of ``path`` with ``summary``."""
+    path = Path(path)
+    text = path.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        raise ValueError(f"{path} has no bench summary block: add the two lines\n{README_START}\n{README_END}\n"
+                         "where the summary should go")
+    path.write_text(text[: start + len(README_START)] + "\n" + summary + text[end:])
 
 
 def write_report(inputs: list[str | Path], out: str | Path | None = None) -> str:
