@@ -25,27 +25,12 @@ import statistics
 import time
 
 import torch
-from torch import nn
 
+from tutorlib.bench.peers2d import ConcatMLP  # the plain v(x, t) = MLP([x, t]) both variants share
 from tutorlib.couplings import minibatch_ot
 from tutorlib.losses import cfm_loss
 from tutorlib.paths import CondOTPath
 from tutorlib.solvers import ode_solve
-
-
-class TimeMLP(nn.Module):
-    """v(x, t) = MLP([x, t]): the plain model both variants share."""
-
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3):
-        super().__init__()
-        layers, width = [], dim + 1
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SiLU()]
-            width = hidden
-        self.net = nn.Sequential(*layers, nn.Linear(width, dim))
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.net(torch.cat([x, t[:, None]], dim=1))  # (B, 2)
 
 
 def _sync(device: torch.device) -> None:
@@ -95,7 +80,7 @@ def main() -> None:
     x0s = torch.randn(n_batches, B, 2, generator=gen).to(device)
     ts = torch.rand(n_batches, B, generator=gen).to(device)
 
-    base = TimeMLP().to(device)
+    base = ConcatMLP().to(device)
     models = {k: copy.deepcopy(base) for k in ("tutorlib", "plain", "ot")}
     opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, m in models.items()}
     path = CondOTPath()
