@@ -144,3 +144,20 @@ def test_float64_models_run_end_to_end():
     assert out.dtype == torch.float64
     u = UNet(base_channels=8).double()
     assert u(torch.randn(1, 1, 28, 28, dtype=torch.float64), 0.5).dtype == torch.float64
+
+
+def test_timemlp_shared_time_fast_path_matches_per_row_times():
+    # solvers pass one t expanded over the batch (stride 0); the model embeds it once
+    torch.manual_seed(0)
+    model = TimeMLP(dim=2, hidden=32, depth=2).eval()
+    x = torch.randn(64, 2)
+    shared = torch.full((1,), 0.37).expand(64)
+    per_row = torch.full((64,), 0.37)
+    assert shared.stride(0) == 0 and per_row.stride(0) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, shared), model(x, per_row), rtol=1e-6, atol=1e-6)
+    # gradients w.r.t. x are unchanged too (the likelihood lesson differentiates through the model)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    model(xa, shared).sum().backward()
+    model(xb, per_row).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-6, atol=1e-6)

@@ -84,6 +84,15 @@ def _check_t(t: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.T
     return t
 
 
+def _shared_time(t: torch.Tensor) -> bool:
+    """Whether ``t`` (``(B,)``) is one time broadcast over the batch (an expanded scalar, stride 0).
+
+    Solvers call models with ``t`` expanded from a scalar; then the time conditioning is computed
+    for one row instead of ``B`` (for the 2D MLP that is 5 of its 11 matrix products per call).
+    """
+    return t.shape[0] > 1 and t.stride(0) == 0
+
+
 class TimeEmbedding(nn.Module):
     """Time (and optional class) conditioning vector: sinusoids -> MLP (+ class embedding).
 
@@ -204,10 +213,14 @@ class TimeMLP(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         t = _check_t(t, x.shape[0], x)  # (B,)
-        c = self.embed(t, y)  # (B, H)
+        if y is None and _shared_time(t):
+            # every row has the same t (an ODE solver's step): embed it once, broadcast over the batch
+            c = self.embed(t[:1], None)  # (1, H)
+        else:
+            c = self.embed(t, y)  # (B, H)
         h = self.inp(x)  # (B, H)
         for block in self.blocks:
-            h = block(h, c)  # (B, H)
+            h = block(h, c)  # (B, H); a (1, H) conditioning broadcasts
         return self.out(F.silu(h))  # (B, out_dim)
 
 

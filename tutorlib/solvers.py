@@ -134,7 +134,7 @@ def ode_solve(velocity: VelocityField, x_0: Tensor, *, method: str = "euler", st
         B, dtype, device = x_0.shape[0], x_0.dtype, x_0.device
 
         def f(x: Tensor, t: float) -> Tensor:
-            return velocity(x, torch.full((B,), t, dtype=dtype, device=device))  # t: (B,)
+            return velocity(x, torch.full((1,), t, dtype=dtype, device=device).expand(B))  # t: (B,), one shared value
 
         x = x_0
         states = [x] if return_trajectory else None
@@ -183,7 +183,7 @@ def _dopri5(velocity: VelocityField, x_0: Tensor, grid: list[float], atol: float
     def f(x: Tensor, t: float) -> Tensor:
         nonlocal nfe
         nfe += 1
-        return velocity(x, torch.full((B,), t, dtype=dtype, device=device))
+        return velocity(x, torch.full((1,), t, dtype=dtype, device=device).expand(B))  # t: (B,), one shared value
 
     direction = 1.0 if grid[-1] > grid[0] else -1.0
     t, x = grid[0], x_0
@@ -262,7 +262,7 @@ def sde_solve(drift: VelocityField, diffusion: VelocityField, x_0: Tensor, *, st
     with torch.set_grad_enabled(enable_grad):
         for t_a, t_b in zip(grid[:-1], grid[1:]):
             h = t_b - t_a
-            t = torch.full((B,), t_a, dtype=dtype, device=device)  # (B,)
+            t = torch.full((1,), t_a, dtype=dtype, device=device).expand(B)  # (B,), one shared value
             g = diffusion(x, t)
             g = expand_t(g, x) if g.ndim == 1 else g  # (B, 1, ...) or (B, ...)
             x = x.add(drift(x, t), alpha=h) + (math.sqrt(abs(h)) * g) * randn_like(x, generator=generator)
