@@ -272,3 +272,65 @@ def test_flow_matching_on_moons_end_to_end():
     hist = train(model, fm_loss, lambda step: moons(256, generator=g), cfg)
     after = float(energy_distance(euler(hist.ema_model), ref))
     assert after < 0.25 * before, (before, after)
+
+
+def test_prefetcher_returns_the_same_batches_in_order():
+    from tutorlib.train import Prefetcher
+
+    def make():
+        gen = torch.Generator().manual_seed(3)
+        return lambda step: (step, torch.randn(4, generator=gen))
+
+    plain, ahead = make(), Prefetcher(make(), depth=3)
+    for step in range(20):
+        s0, a = plain(step)
+        s1, b = ahead(step)
+        assert s0 == s1 == step
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="consecutive"):
+        ahead(25)
+    ahead.close()
+
+
+def test_prefetcher_reraises_the_samplers_error_with_its_step():
+    from tutorlib.train import Prefetcher
+
+    def sampler(step):
+        if step == 2:
+            raise KeyError("no such batch")
+        return step
+
+    ahead = Prefetcher(sampler, depth=2)
+    assert ahead(0) == 0 and ahead(1) == 1
+    with pytest.raises(RuntimeError, match="failed at step 2") as info:
+        ahead(2)
+    assert isinstance(info.value.__cause__, KeyError)
+    with pytest.raises(ValueError, match="depth"):
+        Prefetcher(sampler, depth=0)
+
+
+def test_train_accepts_a_prefetcher_and_gives_the_same_history():
+    from tutorlib.train import Prefetcher
+
+    def run(prefetch: bool):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1)
+        gen = torch.Generator().manual_seed(1)
+        sampler = lambda step: torch.randn(16, 2, generator=gen)  # noqa: E731
+        batches = Prefetcher(sampler) if prefetch else sampler
+        cfg = TrainConfig(steps=30, lr=1e-2, ema_decay=None, progress=False)
+        return train(model, lambda m, b: m(b).square().mean(), batches, cfg).losses
+
+    assert run(True) == run(False)
+
+
+def test_lr_cosine_follows_the_time_budget_when_time_runs_out_first():
+    cfg = TrainConfig(steps=1000, lr=1.0, warmup_steps=10, cosine_decay=True, min_lr_ratio=0.0, time_budget_s=100.0)
+    # step 100 of 1000 is 9 % of the steps, but 50 s of 100 s is half the budget: the time decides
+    assert lr_at(100, cfg, elapsed_s=50.0) == pytest.approx(0.5)
+    assert lr_at(100, cfg, elapsed_s=100.0) == pytest.approx(0.0, abs=1e-12)
+    # early in time, the step fraction decides; without elapsed_s, only steps count
+    assert lr_at(505, cfg, elapsed_s=1.0) == pytest.approx(0.5)
+    assert lr_at(100, cfg) == lr_at(100, cfg, elapsed_s=0.0)
+    # warm-up is counted in steps, whatever the clock says
+    assert lr_at(4, cfg, elapsed_s=90.0) == pytest.approx(0.5)

@@ -38,6 +38,7 @@ from tutorlib.checkpoints import (  # re-exported: lessons call tutorlib.train.l
 __all__ = [
     "EMA",
     "LoadOrTrain",
+    "Prefetcher",
     "TrainConfig",
     "TrainHistory",
     "TrainingDiverged",
@@ -170,12 +171,15 @@ class TrainConfig:
                    min_lr_ratio=0.05, time_budget_s=P.time_budget_s, desc="MNIST")
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate used at optimiser step ``step`` (0-based).
+def lr_at(step: int, config: TrainConfig, elapsed_s: float | None = None) -> float:
+    """Learning rate used at optimiser step ``step`` (0-based), ``elapsed_s`` seconds into training.
 
     ``lr * (step + 1) / warmup_steps`` during warm-up; then ``lr`` or, with ``cosine_decay``,
-    ``lr * (r + (1 - r) * (1 + cos(pi * p)) / 2)`` with ``p`` the fraction of post-warm-up steps
-    done and ``r = min_lr_ratio``.
+    ``lr * (r + (1 - r) * (1 + cos(pi * p)) / 2)`` with ``r = min_lr_ratio`` and ``p`` the fraction of
+    post-warm-up steps done, or, when ``config.time_budget_s`` is set and ``elapsed_s`` is given, the
+    fraction of the time budget used if that is larger: the decay ends when training ends, whichever
+    of the two limits stops it (a slow machine still finishes its schedule instead of being cut off
+    at a high learning rate).
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -183,6 +187,8 @@ def lr_at(step: int, config: TrainConfig) -> float:
         return config.lr
     span = max(1, config.steps - config.warmup_steps)
     p = min(1.0, (step - config.warmup_steps) / span)
+    if config.time_budget_s is not None and elapsed_s is not None and config.time_budget_s > 0:
+        p = max(p, min(1.0, elapsed_s / config.time_budget_s))
     r = config.min_lr_ratio
     return config.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
@@ -259,6 +265,77 @@ def batch_sampler(
         return tuple(t[idx.to(t.device)] for t in tensors)
 
     return sampler
+
+
+class Prefetcher:
+    """Run a sampler ``step -> batch`` ahead of the training loop in a background thread.
+
+    ``Prefetcher(sampler)`` is itself a sampler: calling it with ``step = 0, 1, 2, ...`` returns
+    ``sampler(0), sampler(1), ...`` in that order (the same batches as without it), while a daemon
+    thread already computes the next ``depth`` batches. Worth it when a batch is expensive to build
+    and the work releases the GIL: SciPy's assignment solver and large torch ops do, so a minibatch-OT
+    coupling (lesson 05) runs on a second core while the model trains on the first.
+
+    On a single core it only reorders the same work; with two busy torch threads in the training step
+    it competes with them (set the training to one thread, :func:`tutorlib.device.set_threads`).
+
+    Args:
+        sampler: ``step -> batch``; called from the background thread with consecutive steps.
+        depth: batches computed ahead (the queue length).
+        start: the first step it will be asked for.
+
+    Raises:
+        ValueError: called out of order (steps must be consecutive from ``start``).
+        RuntimeError: the sampler raised (re-raised in the caller with the original as its cause).
+    """
+
+    def __init__(self, sampler: Callable[[int], Any], depth: int = 8, start: int = 0):
+        import queue
+        import threading
+
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self._sampler = sampler
+        self._queue: "queue.Queue[tuple[int, Any, BaseException | None]]" = queue.Queue(maxsize=depth)
+        self._next = start
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, args=(start,), daemon=True, name="tutorlib-prefetch")
+        self._thread.start()
+
+    def _work(self, step: int) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                item = (step, self._sampler(step), None)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                item = (step, None, exc)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if item[2] is not None:
+                return
+            step += 1
+
+    def __call__(self, step: int) -> Any:
+        if step != self._next:
+            raise ValueError(f"Prefetcher expects consecutive steps: asked for {step}, next is {self._next}")
+        got, batch, exc = self._queue.get()
+        if exc is not None:
+            self.close()
+            raise RuntimeError(f"the prefetched sampler failed at step {got}: {exc}") from exc
+        self._next += 1
+        return batch
+
+    def close(self) -> None:
+        """Stop the background thread (also done when the object is garbage-collected)."""
+        self._stop.set()
+
+    def __del__(self) -> None:
+        self._stop.set()
 
 
 def _as_batch_fn(sampler: Callable[[int], Any] | Iterable[Any]) -> Callable[[int], Any]:
@@ -368,7 +445,7 @@ def train(
             if config.time_budget_s is not None and elapsed >= config.time_budget_s:
                 stop_reason = "time_budget"
                 break
-            lr = lr_at(step, config)
+            lr = lr_at(step, config, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = get_batch(step)
