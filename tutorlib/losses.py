@@ -49,7 +49,7 @@ class Parametrisation(str, Enum):
 
 
 def cfm_loss(model: Model, path: AffinePath, x_0: Tensor, x_1: Tensor, t: Tensor, *,
-             target: Parametrisation | str = Parametrisation.VELOCITY) -> Tensor:
+             target: Parametrisation | str = Parametrisation.VELOCITY, y: Tensor | None = None) -> Tensor:
     """The conditional flow matching loss on an affine path (lessons 03 and 04).
 
     L = mean over batch and coordinates of (model(x_t, t) - target)^2, x_t = alpha_t x_1 + sigma_t x_0.
@@ -61,13 +61,15 @@ def cfm_loss(model: Model, path: AffinePath, x_0: Tensor, x_1: Tensor, t: Tensor
         x_1: data samples, shape (B, ...), paired with ``x_0`` by a coupling.
         t: times, shape (B,), usually uniform on [0, 1].
         target: what the model predicts (:class:`Parametrisation` or its string value).
+        y: class labels ``(B,)`` for a class-conditional model (``model(x_t, t, y)``; lessons 08, 09),
+            possibly containing the model's null class (label dropout); ``None``: ``model(x_t, t)``.
 
     Returns:
         The scalar loss.
     """
     target = Parametrisation(target)
     s = path.sample(x_0, x_1, t)
-    pred = model(s.x_t, t)  # (B, ...)
+    pred = model(s.x_t, t) if y is None else model(s.x_t, t, y)  # (B, ...)
     return (pred - target.target(x_0, x_1, s.dx_t)).square().mean()
 
 
