@@ -30,6 +30,7 @@ __all__ = [
     "MNISTClassifier",
     "NoisyClassifier2D",
     "NoisyImageClassifier",
+    "PatchUNet",
     "TimeEmbedding",
     "TimeMLP",
     "UNet",
@@ -357,6 +358,80 @@ class UNet(nn.Module):
         h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, C, 28, 28)
         h = self.dec0(torch.cat([h, h0], 1), c)  # (B, C, 28, 28)
         return self.out(F.silu(self.out_norm(h)))  # (B, out_channels, 28, 28)
+
+
+class PatchUNet(nn.Module):
+    """A U-Net on 2x2 patches of 28x28 images: levels 14 -> 7, the course's fast MNIST model.
+
+    ``pixel_unshuffle`` turns ``(B, C_in, 28, 28)`` into ``(B, 4 C_in, 14, 14)`` (each 2x2 patch
+    becomes 4 channels: a lossless reshape), then a stem conv to ``C`` channels, one residual block
+    at 14x14 (``C``), a strided conv to 7x7 (``2C``), one residual block there, ``mid_blocks``
+    middle blocks, and the decoder back up with skip connections by concatenation;
+    ``pixel_shuffle`` restores 28x28. Same blocks and conditioning as :class:`UNet` (GroupNorm,
+    SiLU, time + class vector added inside every block), but no 28x28 level, where :class:`UNet`
+    spends most of its multiply-adds: at ``C = 32`` about 0.41 M parameters and a training step
+    about 3x faster than ``UNet(base_channels=32)`` on a CPU (measured in issue 8's bench; lesson 09
+    trains it to a judge accuracy above 97 % in a few CPU minutes).
+
+    Args:
+        in_channels: channels of ``x``.
+        out_channels: channels of the output; ``None`` means ``in_channels``.
+        base_channels: ``C``, the width of the 14x14 level.
+        num_classes: classes for conditioning (null class = ``num_classes``), or ``None``.
+        mid_blocks: residual blocks at 7x7 between encoder and decoder.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        base_channels: int = 32,
+        num_classes: int | None = None,
+        mid_blocks: int = 1,
+    ):
+        super().__init__()
+        C = base_channels
+        cond = 4 * C
+        self.in_channels = in_channels
+        self.out_channels = in_channels if out_channels is None else out_channels
+        self.num_classes = num_classes
+        self.embed = TimeEmbedding(cond, num_classes, freq_dim=max(64, C))
+        self.stem = nn.Conv2d(4 * in_channels, C, 3, padding=1)  # on 14x14 patches
+        self.enc1 = _ResBlock(C, C, cond)  # 14x14
+        self.down = nn.Conv2d(C, 2 * C, 3, stride=2, padding=1)  # 14 -> 7
+        self.enc2 = _ResBlock(2 * C, 2 * C, cond)  # 7x7
+        self.mid = nn.ModuleList(_ResBlock(2 * C, 2 * C, cond) for _ in range(mid_blocks))  # 7x7
+        self.dec2 = _ResBlock(4 * C, 2 * C, cond)  # 7x7 (+ skip), then nearest 7 -> 14
+        self.dec1 = _ResBlock(3 * C, C, cond)  # 14x14 (+ skip)
+        self.out_norm = nn.GroupNorm(_groups(C), C)
+        self.out = nn.Conv2d(C, 4 * self.out_channels, 3, padding=1)  # 4 = the 2x2 patch
+
+    @classmethod
+    def from_profile(
+        cls, P, *, in_channels: int = 1, out_channels: int | None = None, num_classes: int | None = None
+    ) -> "PatchUNet":
+        """A PatchUNet sized by a :class:`tutorlib.device.Profile` (``unet_channels``)."""
+        return cls(in_channels, out_channels, base_channels=P.unet_channels, num_classes=num_classes)
+
+    @property
+    def null_class(self) -> int | None:
+        """Label meaning "no class" (``num_classes``), or ``None`` if unconditional."""
+        return self.num_classes
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` ``(B, C_in, 28, 28)``, ``t`` ``(B,)``, ``y`` ``(B,)`` or ``None`` -> ``(B, C_out, 28, 28)``."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (28, 28):
+            raise ValueError(f"x must have shape (B, {self.in_channels}, 28, 28), got {tuple(x.shape)}")
+        c = self.embed(_check_t(t, x.shape[0], x), y)  # (B, 4C)
+        h1 = self.enc1(self.stem(F.pixel_unshuffle(x, 2)), c)  # (B, C, 14, 14)
+        h2 = self.enc2(self.down(h1), c)  # (B, 2C, 7, 7)
+        h = h2
+        for block in self.mid:
+            h = block(h, c)  # (B, 2C, 7, 7)
+        h = self.dec2(torch.cat([h, h2], 1), c)  # (B, 2C, 7, 7)
+        h = F.interpolate(h, scale_factor=2.0, mode="nearest")  # (B, 2C, 14, 14)
+        h = self.dec1(torch.cat([h, h1], 1), c)  # (B, C, 14, 14)
+        return F.pixel_shuffle(self.out(F.silu(self.out_norm(h))), 2)  # (B, C_out, 28, 28)
 
 
 class MNISTClassifier(nn.Module):

@@ -1,0 +1,92 @@
+"""tutorlib.recipes (lesson 09's MNIST recipe) and tutorlib.models.PatchUNet."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tutorlib.device import profile
+from tutorlib.models import PatchUNet, UNet, count_parameters
+from tutorlib.recipes import MNISTRecipe, mnist_fm_batches, mnist_fm_loss, sample_digits, sample_times, train_mnist_fm
+
+
+def _fake_mnist(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 28, 28, generator=g) * 2 - 1
+    labels = torch.arange(n) % 10
+    return images, labels
+
+
+def test_patch_unet_shapes_conditioning_and_size():
+    model = PatchUNet(1, None, base_channels=32, num_classes=10)
+    assert 380_000 < count_parameters(model) < 430_000  # about 0.41 M (UNet at C = 32: 0.54 M)
+    assert count_parameters(model) < count_parameters(UNet(1, None, 32, 10))
+    x, t = torch.randn(3, 1, 28, 28), torch.rand(3)
+    out = model(x, t, torch.tensor([0, 9, 10]))
+    assert out.shape == (3, 1, 28, 28)
+    # the label changes the output, the null class equals y=None
+    a, b = model(x, t, torch.tensor([1, 1, 1])), model(x, t, torch.tensor([2, 2, 2]))
+    assert not torch.allclose(a, b)
+    torch.testing.assert_close(model(x, t, torch.tensor([10, 10, 10])), model(x, t, None))
+    # a categorical head: K logits per pixel
+    assert PatchUNet(3, 5, base_channels=8)(torch.randn(2, 3, 28, 28), 0.5).shape == (2, 5, 28, 28)
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        model(torch.randn(2, 1, 32, 32), torch.rand(2))
+    assert PatchUNet.from_profile(profile("smoke"), num_classes=10).null_class == 10
+
+
+def test_patch_unet_pixels_see_their_patch_and_neighbours_only_through_convolutions():
+    # pixel_unshuffle is lossless: a network that can copy its input can represent the identity
+    torch.manual_seed(0)
+    model = PatchUNet(1, None, base_channels=8).eval()
+    x = torch.zeros(1, 1, 28, 28, requires_grad=True)
+    model(x, 0.5)[0, 0, 0, 0].backward()
+    grad = x.grad[0, 0].abs() > 0
+    assert grad[0, 0] and grad[27, 27]  # the receptive field covers the image (7x7 level)
+
+
+def test_recipe_for_profile():
+    std = MNISTRecipe.for_profile(profile("standard"))
+    assert std == MNISTRecipe() and std.time_budget_s == 600.0 and std.base_channels == 32
+    P = profile("smoke")
+    smoke = MNISTRecipe.for_profile(P)
+    assert (smoke.base_channels, smoke.batch, smoke.steps) == (P.unet_channels, P.batch_mnist, P.steps_mnist)
+    cfg = std.train_config(progress=False)
+    assert cfg.cosine_decay and cfg.time_budget_s == 600.0 and cfg.lr == std.lr and cfg.ema_decay == std.ema_decay
+    assert std.replace(batch=4).batch == 4
+
+
+def test_batches_shapes_dropout_and_times():
+    images, labels = _fake_mnist(200)
+    recipe = MNISTRecipe(batch=4000, p_uncond=0.25)
+    x_0, x_1, t, y = mnist_fm_batches(images, labels, recipe, generator=torch.Generator().manual_seed(0))(0)
+    assert x_0.shape == x_1.shape == (4000, 1, 28, 28) and t.shape == y.shape == (4000,)
+    assert x_1.is_contiguous(memory_format=torch.channels_last)
+    assert y.dtype == torch.long and 0.22 < float((y == 10).float().mean()) < 0.28
+    assert 0.45 < float(t.mean()) < 0.55 and float(t.min()) >= 0 and float(t.max()) <= 1
+    # reproducible under a generator
+    again = mnist_fm_batches(images, labels, recipe, generator=torch.Generator().manual_seed(0))(0)
+    assert torch.equal(again[1], x_1) and torch.equal(again[3], y)
+    ln = sample_times(20000, "logit_normal", generator=torch.Generator().manual_seed(1))
+    assert abs(float(ln.mean()) - 0.5) < 0.01 and float(ln.std()) < 0.25  # concentrated in the middle
+    with pytest.raises(ValueError, match="time sampling"):
+        sample_times(3, "beta")
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        mnist_fm_batches(images[:, 0], labels, recipe, generator=torch.Generator())
+    with pytest.raises(ValueError, match="int64"):
+        mnist_fm_batches(images, labels.float(), recipe, generator=torch.Generator())
+
+
+def test_train_and_sample_end_to_end_tiny():
+    images, labels = _fake_mnist(64)
+    recipe = MNISTRecipe(base_channels=8, batch=8, steps=5, warmup_steps=2, time_budget_s=None)
+    model, hist = train_mnist_fm(recipe, images, labels, seed=0, progress=False)
+    assert len(hist.losses) == 5 and not model.training
+    torch.testing.assert_close(dict(model.named_parameters())["stem.weight"], hist.ema.model.stem.weight)
+    batch = mnist_fm_batches(images, labels, recipe, generator=torch.Generator().manual_seed(0))(0)
+    assert torch.isfinite(mnist_fm_loss(model, batch))
+    out = sample_digits(model, [3, 4, 5], w=2.0, nfe=3, generator=torch.Generator().manual_seed(0))
+    again = sample_digits(model, [3, 4, 5], w=2.0, nfe=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 1, 28, 28) and float(out.abs().max()) <= 1.0 and torch.equal(out, again)
+    with pytest.raises(ValueError, match="class-conditional"):
+        train_mnist_fm(recipe, images, labels, model=PatchUNet(1, None, 8), progress=False)

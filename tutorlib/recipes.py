@@ -1,0 +1,215 @@
+"""Measured recipes: class-conditional flow matching on MNIST in a few CPU minutes (lesson 09).
+
+The recipe is what the bench measured to reach a good model fastest on a laptop CPU (issue 8,
+``python -m tutorlib.bench mnist`` and ``mnist_ttq``): a :class:`~tutorlib.models.PatchUNet` (a U-Net on
+2x2 patches, levels 14 -> 7, about 0.41 M parameters at ``C = 32``), the linear path
+(:class:`~tutorlib.paths.CondOTPath`) with a velocity target, labels dropped with probability 0.1 for
+classifier-free guidance, AdamW with a warm-up and a cosine decay that ends with the time budget, an
+EMA of the weights, and sampling by Euler with guidance (:func:`tutorlib.guidance.cfg_velocity`)::
+
+    recipe = MNISTRecipe.for_profile(profile())
+    images, labels = load_mnist("train")
+    model, hist = train_mnist_fm(recipe, images, labels, seed=0)       # EMA weights, eval mode
+    digits = sample_digits(model, torch.arange(10).repeat(8), w=recipe.guidance, nfe=recipe.nfe)
+
+Everything here is built from the public pieces of :mod:`tutorlib.models`, :mod:`tutorlib.losses`,
+:mod:`tutorlib.guidance`, :mod:`tutorlib.train` and :mod:`tutorlib.solvers`; lesson 09 writes the
+loop out once by hand before using these helpers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from tutorlib.device import Profile
+from tutorlib.guidance import cfg_velocity, drop_labels
+from tutorlib.losses import cfm_loss
+from tutorlib.models import PatchUNet
+from tutorlib.paths import CondOTPath
+from tutorlib.solvers import ode_solve
+from tutorlib.train import TrainConfig, TrainHistory, train
+
+__all__ = ["TIME_SAMPLINGS", "MNISTRecipe", "mnist_fm_batches", "mnist_fm_loss", "sample_digits", "sample_times",
+           "train_mnist_fm"]
+
+TIME_SAMPLINGS = ("uniform", "logit_normal")
+
+
+@dataclass(frozen=True)
+class MNISTRecipe:
+    """Everything that defines a class-conditional MNIST flow-matching run (model, data, optimiser, sampler).
+
+    Build one with :meth:`for_profile` and change fields with :meth:`replace`.
+    """
+
+    base_channels: int = 32  # PatchUNet width at 14x14 (7x7 has twice as many)
+    mid_blocks: int = 1  # PatchUNet residual blocks at 7x7 between encoder and decoder
+    batch: int = 128  # images per training step
+    lr: float = 2e-3  # AdamW peak learning rate
+    warmup_steps: int = 100  # linear warm-up, in steps
+    min_lr_ratio: float = 0.02  # the cosine decay ends at lr * min_lr_ratio
+    ema_decay: float = 0.999  # EMA of the weights (sampled from)
+    grad_clip: float | None = 1.0  # global gradient-norm clipping
+    p_uncond: float = 0.1  # label dropout probability (classifier-free guidance)
+    time_sampling: str = "uniform"  # training times t: "uniform" on [0, 1] or "logit_normal" (sigmoid of N(0, 1))
+    steps: int = 3000  # optimiser steps at most
+    time_budget_s: float | None = 600.0  # wall-clock cap; the learning-rate decay ends with it
+    channels_last: bool = True  # NHWC memory layout (faster convolutions on CPUs)
+    guidance: float = 2.0  # default CFG scale w for sampling
+    nfe: int = 20  # default Euler steps for sampling
+
+    def replace(self, **changes: Any) -> "MNISTRecipe":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def for_profile(cls, P: Profile) -> "MNISTRecipe":
+        """The recipe at the sizes of profile ``P``.
+
+        ``standard``: ``C = 32``, batch 128, at most 3000 steps or 600 s (the measured recipe);
+        ``smoke``: ``P.unet_channels``, ``P.batch_mnist``, ``P.steps_mnist`` steps (seconds: the same code);
+        ``full``: ``C = P.unet_channels``, ``P.batch_mnist``, ``P.steps_mnist`` steps within ``P.time_budget_s``.
+        """
+        if P.name == "standard":
+            return cls()
+        return cls(base_channels=P.unet_channels, batch=P.batch_mnist, steps=P.steps_mnist,
+                   warmup_steps=min(100, max(1, P.steps_mnist // 10)), time_budget_s=P.time_budget_s)
+
+    def build_model(self, num_classes: int = 10) -> PatchUNet:
+        """A fresh :class:`~tutorlib.models.PatchUNet` of this recipe (on the CPU, NCHW layout)."""
+        return PatchUNet(1, None, base_channels=self.base_channels, num_classes=num_classes,
+                         mid_blocks=self.mid_blocks)
+
+    def train_config(self, *, progress: bool = True, desc: str = "MNIST FM") -> TrainConfig:
+        """The :class:`~tutorlib.train.TrainConfig` of this recipe."""
+        return TrainConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, cosine_decay=True,
+                           min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, ema_decay=self.ema_decay,
+                           time_budget_s=self.time_budget_s, progress=progress, desc=desc)
+
+
+def sample_times(n: int, kind: str = "uniform", *, generator: torch.Generator | None = None) -> Tensor:
+    """Training times ``(n,)`` in ``(0, 1)``: ``uniform``, or ``logit_normal`` = sigmoid of N(0, 1) draws
+    (more weight in the middle of the path, where the velocity is hardest to predict)."""
+    if kind == "uniform":
+        return torch.rand(n, generator=generator)
+    if kind == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    raise ValueError(f"unknown time sampling {kind!r}; choose one of {TIME_SAMPLINGS}")
+
+
+def mnist_fm_batches(images: Tensor, labels: Tensor, recipe: MNISTRecipe, *, generator: torch.Generator,
+                     device: torch.device | str = "cpu", null_class: int = 10) -> Callable[[int], tuple]:
+    """A sampler ``step -> (x_0, x_1, t, y)`` for class-conditional flow matching on images.
+
+    Each step draws ``recipe.batch`` random training images ``x_1`` with their labels (with
+    replacement across steps), fresh Gaussian noise ``x_0``, times ``t`` (``recipe.time_sampling``),
+    and replaces labels by ``null_class`` with probability ``recipe.p_uncond``.
+
+    Args:
+        images: ``(N, 1, 28, 28)`` in ``[-1, 1]`` (:func:`tutorlib.data.load_mnist`), on the CPU.
+        labels: int64 ``(N,)``.
+        recipe: batch size, label dropout, time sampling, memory layout.
+        generator: CPU generator behind every draw (reproducible batches).
+        device: where the batch goes.
+        null_class: the model's null label.
+
+    Returns:
+        ``sampler(step)`` -> ``x_0`` and ``x_1`` ``(B, 1, 28, 28)``, ``t`` ``(B,)``, ``y`` int64 ``(B,)``.
+    """
+    if images.dim() != 4 or images.shape[1:] != (1, 28, 28):
+        raise ValueError(f"images must have shape (N, 1, 28, 28), got {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],) or labels.dtype != torch.long:
+        raise ValueError(f"labels must be int64 of shape ({images.shape[0]},), got {tuple(labels.shape)} {labels.dtype}")
+    if recipe.time_sampling not in TIME_SAMPLINGS:
+        raise ValueError(f"unknown time sampling {recipe.time_sampling!r}; choose one of {TIME_SAMPLINGS}")
+    n, B = images.shape[0], recipe.batch
+    memory = torch.channels_last if recipe.channels_last else torch.contiguous_format
+
+    def sampler(step: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        idx = torch.randint(n, (B,), generator=generator)  # (B,)
+        x_1 = images[idx]  # (B, 1, 28, 28)
+        y = drop_labels(labels[idx], recipe.p_uncond, null_class, generator=generator)  # (B,)
+        x_0 = torch.randn(x_1.shape, generator=generator)  # (B, 1, 28, 28)
+        t = sample_times(B, recipe.time_sampling, generator=generator)  # (B,)
+        x_0 = x_0.to(device, memory_format=memory)
+        x_1 = x_1.to(device, memory_format=memory)
+        return x_0, x_1, t.to(device), y.to(device)
+
+    return sampler
+
+
+def mnist_fm_loss(model: torch.nn.Module, batch: tuple[Tensor, Tensor, Tensor, Tensor]) -> Tensor:
+    """The CFM loss of a class-conditional velocity model on one ``(x_0, x_1, t, y)`` batch (linear path)."""
+    x_0, x_1, t, y = batch
+    return cfm_loss(model, _PATH, x_0, x_1, t, y=y)
+
+
+_PATH = CondOTPath()
+
+
+def train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, seed: int = 0,
+                   device: torch.device | str = "cpu", progress: bool = True,
+                   model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, TrainHistory]:
+    """Train a class-conditional velocity model on MNIST by the recipe; return its EMA weights.
+
+    Args:
+        recipe: the run's settings.
+        images: training images ``(N, 1, 28, 28)`` in ``[-1, 1]``.
+        labels: int64 ``(N,)``.
+        seed: seeds the initialisation and every batch.
+        device: where to train.
+        progress: show a progress bar.
+        model: train this model instead of ``recipe.build_model()`` (it must take ``(x, t, y)``).
+
+    Returns:
+        ``(model, history)``: the model holding the EMA weights (eval mode, NCHW layout) and the
+        :class:`~tutorlib.train.TrainHistory`.
+    """
+    torch.manual_seed(seed)
+    net = recipe.build_model() if model is None else model
+    net = net.to(device)
+    if recipe.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    null_class = getattr(net, "null_class", None)
+    if null_class is None:
+        raise ValueError("train_mnist_fm needs a class-conditional model (built with num_classes=10)")
+    gen = torch.Generator().manual_seed(seed + 1)
+    batches = mnist_fm_batches(images, labels, recipe, generator=gen, device=device, null_class=null_class)
+    hist = train(net, mnist_fm_loss, batches, recipe.train_config(progress=progress))
+    if hist.ema is not None:
+        hist.ema.copy_to(net)
+    net = net.to(memory_format=torch.contiguous_format).eval()
+    return net, hist
+
+
+@torch.no_grad()
+def sample_digits(model: torch.nn.Module, labels: Tensor | list[int], *, w: float = 2.0, nfe: int = 20,
+                  generator: torch.Generator | None = None, method: str = "euler", zero_star: bool = False,
+                  x_0: Tensor | None = None) -> Tensor:
+    """Generate one digit per label with classifier-free guidance.
+
+    Args:
+        model: a class-conditional image velocity model (``model(x, t, y)``, with ``null_class``).
+        labels: the class of each image, int64 ``(B,)`` or a list.
+        w: guidance scale (1: conditional model, 0: unconditional; lesson 08).
+        nfe: solver steps (for ``euler``; the number of network calls is ``nfe`` for ``w`` in {0, 1},
+            else ``nfe`` calls on a doubled batch).
+        generator: draws the starting noise (ignored when ``x_0`` is given).
+        method: an :func:`tutorlib.solvers.ode_solve` method.
+        zero_star: use CFG-Zero*'s scale (:func:`tutorlib.guidance.cfg_velocity`).
+        x_0: starting noise ``(B, 1, 28, 28)`` (default: drawn from ``generator``).
+
+    Returns:
+        Images ``(B, 1, 28, 28)`` clamped to ``[-1, 1]``, on the model's device.
+    """
+    device = next(model.parameters()).device
+    y = torch.as_tensor(labels, dtype=torch.long).to(device)  # (B,)
+    if x_0 is None:
+        x_0 = torch.randn((y.shape[0], 1, 28, 28), generator=generator).to(device)
+    velocity = cfg_velocity(model, y, w, zero_star=zero_star)
+    return ode_solve(velocity, x_0, method=method, steps=nfe).x.clamp(-1.0, 1.0)
