@@ -19,11 +19,15 @@ from tutorlib.bench import CASES, PLANNED, PlannedCaseError, run
 from tutorlib.bench.__main__ import main
 from tutorlib.bench.common import BENCH_PROFILES
 from tutorlib.bench.report import write_report
+from tutorlib.data import TOY_DATASETS
 
 TOP_KEYS = {"schema", "case", "profile", "seed", "date", "device", "machine", "versions", "config", "timings",
             "metrics"}
 MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch_threads"}
 ENTRY_KEYS = {"array", "method", "solver", "nfe", "energy", "mmd", "energy_x_floor", "mmd_x_floor"}
+IMAGE_CASES = {"mnist", "mnist_ttq"}  # images (n, 1, 28, 28) scored by the judge instead of 2D points
+IMAGE_ENTRY_KEYS = {"array", "method", "solver", "nfe", "guidance", "labels", "judge_accuracy", "frechet",
+                    "frechet_x_floor", "feature_spread"}
 TRAIN_KEYS = {"steps", "steps_per_s", "wall_s", "final_loss", "stop_reason"}
 ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")
 
@@ -31,13 +35,21 @@ _RUNS: dict[str, tuple] = {}
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """Run a case once per module in the smoke profile; returns (doc, out folder)."""
+def smoke(tmp_path_factory, request):
+    """Run a case once per module in the smoke profile; returns (doc, out folder).
+
+    The MNIST cases read the shared local MNIST copy (skipped without one, failed in CI) into a
+    temporary cache.
+    """
 
     def get(case: str):
         if case not in _RUNS:
             out = tmp_path_factory.mktemp(case)
-            doc = run(case, "smoke", seed=0, out=out, device="cpu")
+            with pytest.MonkeyPatch.context() as mp:
+                if case in IMAGE_CASES:
+                    mp.setenv("TUTORLIB_MNIST_MIRROR", str(request.getfixturevalue("mnist_source")))
+                    mp.setenv("TUTORLIB_DATA_DIR", str(tmp_path_factory.mktemp("mnist-cache")))
+                doc = run(case, "smoke", seed=0, out=out, device="cpu")
             _RUNS[case] = (doc, out)
         return _RUNS[case]
 
@@ -65,28 +77,45 @@ def test_smoke_case_writes_valid_results(case, smoke):
     assert datasets and set(on_disk["timings"]["train"]) == set(datasets)
     prefix = (lambda d: f"{d}/") if len(datasets) > 1 else (lambda d: "")
     expected_arrays = set()
+    images = case in IMAGE_CASES
+    shape = (lambda n: (n, 1, 28, 28)) if images else (lambda n: (n, 2))
+    scores = ("judge_accuracy", "frechet", "frechet_x_floor", "feature_spread") if images else \
+        ("energy", "mmd", "energy_x_floor", "mmd_x_floor")
     for dataset, m in on_disk["metrics"].items():
         n = m["n"]
-        assert arrays[prefix(dataset) + "data"].shape == (n, 2)
+        assert arrays[prefix(dataset) + "data"].shape == shape(n)
         expected_arrays.add(prefix(dataset) + "data")
-        for metric in ("energy", "mmd"):
+        for metric in (("frechet", "judge_accuracy", "feature_spread") if images else ("energy", "mmd")):
             floor = m["noise_floor"][metric]
             assert _finite(floor["mean"]) and floor["mean"] > 0 and floor["n"] == n
+        if images:  # the held-out digits' labels, balanced
+            y = arrays["data:labels"]
+            assert y.shape == (n,) and y.dtype == np.int64 and np.bincount(y, minlength=10).tolist() == [n // 10] * 10
+            expected_arrays.add("data:labels")
         assert m["entries"], f"{case}/{dataset} has no sample entries"
         for name, e in m["entries"].items():
             assert ENTRY_NAME.match(name), name
-            assert ENTRY_KEYS <= set(e), (name, ENTRY_KEYS - set(e))
+            keys = IMAGE_ENTRY_KEYS if images else ENTRY_KEYS
+            assert keys <= set(e), (name, keys - set(e))
             assert e["array"] == prefix(dataset) + name
-            assert all(_finite(e[k]) for k in ("energy", "mmd", "energy_x_floor", "mmd_x_floor")), (name, e)
+            assert all(_finite(e[k]) for k in scores), (name, e)
             assert isinstance(e["nfe"], int) and e["nfe"] >= 1
             if name.endswith("@dopri5"):
                 assert e["nfe"] > 1
             else:
                 assert e["nfe"] == int(name.rsplit("@", 1)[1])
             x = arrays[e["array"]]
-            assert x.shape == (n, 2) and x.dtype == np.float32 and np.isfinite(x).all()
+            assert x.shape == shape(n) and x.dtype == np.float32 and np.isfinite(x).all()
+            if images:
+                assert x.min() >= -1.0 and x.max() <= 1.0 and 0.0 <= e["judge_accuracy"] <= 1.0
             assert _finite(on_disk["timings"]["sample_s"][dataset][name])
             expected_arrays.add(e["array"])
+            if "labels" in e:  # a class-conditional set: its labels, ENTRY:labels
+                assert e["labels"] == e["array"] + ":labels"
+                y = arrays[e["labels"]]
+                assert y.shape == (n,) and y.dtype == np.int64
+                assert y.min() >= 0 and y.max() < (10 if images else TOY_DATASETS[dataset].num_classes)
+                expected_arrays.add(e["labels"])
         for method, t in on_disk["timings"]["train"][dataset].items():
             assert TRAIN_KEYS <= set(t), (method, TRAIN_KEYS - set(t))
             assert t["steps"] > 0 and _finite(t["steps_per_s"]) and _finite(t["wall_s"]) and _finite(t["final_loss"])
@@ -170,10 +199,10 @@ def test_cli_list_and_planned_cases(capsys, tmp_path):
     listing = capsys.readouterr().out
     for name in (*CASES, *PLANNED):
         assert name in listing
-    assert "planned" in listing
-    assert main(["guidance2d", "--out", str(tmp_path)]) == 2
+    assert ("planned" in listing) == bool(PLANNED)
+    assert main(["no-such-case", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "guidance2d" in err and "issue 7" in err and "planned" in err
+    assert "no-such-case" in err and "unknown bench case" in err and "mnist" in err
     with pytest.raises(PlannedCaseError, match="unknown bench case"):
         run("no-such-case", "smoke", out=tmp_path)
     assert not any(tmp_path.iterdir())
@@ -234,3 +263,29 @@ def test_readme_summary_block_is_rewritten_between_its_markers(tmp_path):
     readme.write_text("no markers here\n")
     with pytest.raises(ValueError, match="bench summary block"):
         update_readme(readme, summary)
+
+
+@pytest.mark.parametrize("case", sorted(IMAGE_CASES))
+def test_mnist_cases_record_curves_sweeps_and_sampling_time(case, smoke):
+    from tutorlib.bench.mnist import MNIST_CONFIGS, scale_tag
+
+    doc, _ = smoke(case)
+    cfg = MNIST_CONFIGS["smoke"]
+    m = doc["metrics"]["mnist"]
+    methods = ["fm"] if case == "mnist" else ["project", "baseline"]
+    assert set(m["curve"]) == set(methods)
+    for method in methods:
+        curve = m["curve"][method]
+        assert len(curve) == len(cfg.snapshots)
+        assert [p["steps"] for p in curve] == sorted(p["steps"] for p in curve) and curve[-1]["steps"] > 0
+        assert all(0.0 <= p["judge_accuracy"] <= 1.0 and _finite(p["frechet"]) for p in curve)
+        for w in cfg.scales:  # the guidance sweep at the sweep's NFE
+            e = m["entries"][f"{method}-cfg{scale_tag(w)}@{cfg.nfe}"]
+            assert e["guidance"] == w and e["nfe"] == cfg.nfe
+        assert doc["timings"]["train"]["mnist"][method]["parameters"] > 0
+    if case == "mnist":
+        w = cfg.recipe.guidance
+        assert {f"fm-cfg{scale_tag(w)}@{k}" for k in cfg.nfes} <= set(m["entries"])
+        assert {f"fm-cfgzero{scale_tag(w)}@{cfg.nfe}" for w in cfg.zero_star_scales} <= set(m["entries"])
+        s = m["sampling"]
+        assert s["images"] == cfg.timing_images and s["nfe"] == cfg.timing_nfe and _finite(s["median_s"])

@@ -35,18 +35,26 @@ Cases available now (sizes from :data:`tutorlib.bench.common.BENCH_PROFILES`):
   seeds per dataset; a top-level ``ttq`` record holds the curves and ``ttq_summary`` the time to
   2 x floor and the final ratio (see :mod:`tutorlib.bench.ttq`).
 
-Planned (issue 7; they need library modules that do not exist yet): ``guidance2d``
-(``tutorlib.guidance``), ``discrete2d`` (``tutorlib.discrete``), ``mnist`` (the lesson-09
-U-Net training and sampling helpers).
+* ``guidance2d``: a class-conditional model trained with label dropout and a noisy classifier on labelled
+  2D data; classifier-free guidance (``cfg-wW``), CFG-Zero* (``cfgzero-wW``) and classifier guidance
+  (``clf-wW``) swept over the guidance scale ``W`` (``1_5`` for 1.5); each set is stored with its labels
+  and scored by class accuracy and within-class spread too (see :mod:`tutorlib.bench.guidance2d`).
+
+* ``discrete2d``: discrete flow matching on tokenised 2D data (see :mod:`tutorlib.bench.discrete2d`).
+* ``mnist``: lesson 09's class-conditional recipe (:mod:`tutorlib.recipes`) trained for the profile's
+  wall-clock budget and scored by the judge (accuracy, Frechet distance, spread) on the way, then swept
+  over NFE and guidance; ``mnist_ttq``: the same budget for the recipe and a baseline U-Net (see
+  :mod:`tutorlib.bench.mnist`). Their arrays are images ``(n, 1, 28, 28)`` in ``[-1, 1]``.
 
 Naming of sample arrays and JSON keys
 -------------------------------------
 Each generated set is an *entry* named ``METHOD@NFE``: the method, then the number of network
 evaluations, e.g. ``fm-ot@4``, ``2rf@1``, ``ddim@16``, ``distill@1``. Adaptive solves are named
 ``METHOD@dopri5`` and their actual NFE is in the JSON (``metrics[DATASET]["entries"][ENTRY]["nfe"]``).
-The held-out reference is ``data``. When a case uses several datasets (``fm2d``), every array name
-is prefixed with ``DATASET/`` (``checkerboard/fm-ot@4``, ``checkerboard/data``); the JSON is keyed by
-dataset in every case::
+The held-out reference is ``data``. A class-conditional set also stores its labels, int64 ``(n,)``, as
+``METHOD@NFE:labels`` (named in the entry's ``labels`` field). When a case uses several datasets
+(``fm2d``), every array name is prefixed with ``DATASET/`` (``checkerboard/fm-ot@4``,
+``checkerboard/data``); the JSON is keyed by dataset in every case::
 
     metrics[DATASET] = {"n": ..., "noise_floor": {"energy": {"mean", "std", "n", "repeats"}, "mmd": {...}},
                         "entries": {ENTRY: {"array", "method", "solver", "nfe", "energy", "mmd",
@@ -93,14 +101,17 @@ CASES: dict[str, Case] = {c.name: c for c in [
          "tutorlib.bench.peers2d"),
     Case("ttq2d", "time to quality: project recipe vs flow_matching's example on equal wall-clock budgets, 4 datasets",
          "tutorlib.bench.ttq", takes_datasets=True),
+    Case("guidance2d", "classifier-free guidance, CFG-Zero* and classifier guidance: guidance-scale sweeps on "
+         "labelled 2D data", "tutorlib.bench.guidance2d"),
+    Case("discrete2d", "discrete flow matching on tokenised 2D data: masked vs uniform source, discrete Euler NFE sweep",
+         "tutorlib.bench.discrete2d"),
+    Case("mnist", "class-conditional flow matching on MNIST by lesson 09's recipe: judge accuracy and Frechet "
+         "distance over training time, NFE and guidance scale", "tutorlib.bench.mnist"),
+    Case("mnist_ttq", "time to quality on MNIST: the recipe's PatchUNet vs a 0.5 M-parameter U-Net baseline on equal "
+         "wall-clock budgets", "tutorlib.bench.mnist_ttq"),
 ]}
 
-PLANNED: dict[str, str] = {
-    "guidance2d": "classifier and classifier-free guidance sweeps on labelled 2D data; needs tutorlib.guidance",
-    "discrete2d": "discrete flow matching on a tokenised 2D checkerboard; needs tutorlib.discrete",
-    "mnist": "flow matching, reflow and distillation on MNIST (judge accuracy, Frechet distance); needs the "
-             "lesson-09 U-Net training and sampling helpers in tutorlib",
-}
+PLANNED: dict[str, str] = {}
 
 
 class PlannedCaseError(ValueError):

@@ -15,7 +15,8 @@ def list_cases() -> str:
     """The ``--list`` text: available cases, then planned ones."""
     width = max(map(len, [*CASES, *PLANNED]))
     lines = ["available:"] + [f"  {c.name:<{width}}  {c.summary}" for c in CASES.values()]
-    lines += [f"planned ({ISSUE}, not available yet):"] + [f"  {k:<{width}}  {v}" for k, v in PLANNED.items()]
+    if PLANNED:
+        lines += [f"planned ({ISSUE}, not available yet):"] + [f"  {k:<{width}}  {v}" for k, v in PLANNED.items()]
     return "\n".join(lines)
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 import tutorlib
-from tutorlib.data import toy_sampler
+from tutorlib.data import TOY_DATASETS, toy_sampler
 from tutorlib.device import PROFILES, Profile
 from tutorlib.metrics import energy_distance, mmd_rbf, noise_floor
 from tutorlib.solvers import ode_solve
@@ -260,7 +260,7 @@ class Run:
             f"final loss {final_loss:.4g}")
 
     def add_samples(self, dataset: str, method: str, solver: str, nfe: int, x: Tensor, seconds: float,
-                    *, label: str | int | None = None) -> dict[str, Any]:
+                    *, label: str | int | None = None, labels: Tensor | None = None) -> dict[str, Any]:
         """Store a sample set as ``METHOD@LABEL`` (label: the NFE, or e.g. ``dopri5``) and score it.
 
         Args:
@@ -271,6 +271,9 @@ class Run:
             x: samples ``(n, 2)``.
             seconds: the sampling wall time.
             label: the part after ``@``; ``None`` means ``nfe``.
+            labels: the class of each sample of a class-conditional sampler, int64 ``(n,)`` in
+                ``[0, num_classes)`` of the toy dataset; stored as the array ``ENTRY:labels`` and
+                named in the record's ``labels`` field.
 
         Returns:
             The entry's metrics record.
@@ -280,6 +283,16 @@ class Run:
         x = x.detach().to(ds.data.device)
         record: dict[str, Any] = {"array": self.name(dataset, entry), "method": method, "solver": solver,
                                   "nfe": int(nfe)}
+        if labels is not None:
+            labels = labels.detach().cpu()
+            k = TOY_DATASETS[dataset].num_classes
+            if labels.dtype != torch.int64 or labels.shape != (x.shape[0],):
+                raise ValueError(f"labels must be int64 of shape ({x.shape[0]},), got {tuple(labels.shape)} "
+                                 f"{labels.dtype}")
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
+                raise ValueError(f"labels must lie in [0, {k}) for {dataset}")
+            record["labels"] = record["array"] + ":labels"
+            self.arrays[record["labels"]] = labels.numpy()
         for metric_name, metric in METRICS.items():
             value = float(metric(x, ds.data)) if bool(torch.isfinite(x).all()) else float("nan")
             record[metric_name] = value

@@ -151,6 +151,46 @@ def _ttq_table(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _is_image_doc(doc: dict[str, Any]) -> bool:
+    return any("judge_accuracy" in e for m in doc["metrics"].values() for e in m["entries"].values())
+
+
+def _image_tables(doc: dict[str, Any]) -> list[str]:
+    """MNIST cases: judge accuracy / Frechet distance per method and NFE, the training curves, sampling time."""
+    out = []
+    for dataset, m in doc["metrics"].items():
+        f = m["noise_floor"]
+        out += [f"Each cell: judge accuracy (%) / Frechet distance in the judge's features, n = {m['n']} digits "
+                f"(n/10 per class) against held-out test digits. Floors: Frechet {_fmt(f['frechet']['mean'])} "
+                f"(training vs test digits), judge {_fmt(100 * f['judge_accuracy']['mean'])} % on test digits.", ""]
+        methods: dict[str, dict[str, Any]] = {}
+        nfes = set()
+        for name, e in m["entries"].items():
+            method, label = name.rsplit("@", 1)
+            methods.setdefault(method, {})[int(label)] = e
+            nfes.add(int(label))
+        cols = sorted(nfes)
+        out += ["| method | guidance | " + " | ".join(f"NFE {c}" for c in cols) + " |",
+                "|---|---|" + "---|" * len(cols)]
+        for method, by_nfe in methods.items():
+            w = next(iter(by_nfe.values()))["guidance"]
+            cells = [f"{_fmt(100 * by_nfe[c]['judge_accuracy'], 3)} / {_fmt(by_nfe[c]['frechet'], 3)}"
+                     if c in by_nfe else "" for c in cols]
+            out.append(f"| {method} | {_fmt(w)}{' (zero*)' if next(iter(by_nfe.values())).get('zero_star') else ''} | "
+                       + " | ".join(cells) + " |")
+        out.append("")
+        for method, curve in m.get("curve", {}).items():
+            out += [f"Training curve of `{method}` (EMA weights, w = {_fmt(curve[0]['w'])}, {curve[0]['nfe']} Euler "
+                    f"steps, n = {curve[0]['n']}):", "", "| train s | steps | judge % | Frechet |", "|---|---|---|---|"]
+            out += [f"| {_fmt(p['train_s'], 4)} | {p['steps']} | {_fmt(100 * p['judge_accuracy'], 3)} | "
+                    f"{_fmt(p['frechet'], 3)} |" for p in curve] + [""]
+        if "sampling" in m:
+            sm = m["sampling"]
+            out += [f"Sampling {sm['images']} digits with {sm['nfe']} guided Euler steps (w = {_fmt(sm['w'])}): "
+                    f"{_fmt(sm['median_s'])} s median [{_fmt(sm['min_s'])}–{_fmt(sm['max_s'])}] of {sm['repeats']}.", ""]
+    return out
+
+
 def _extras(doc: dict[str, Any]) -> list[str]:
     out = []
     for dataset, m in doc["metrics"].items():
@@ -191,9 +231,12 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
             lines += _peers_table(doc) + [""]
         if "ttq_summary" in doc:
             lines += ["Time to quality:", ""] + _ttq_table(doc) + [""]
-        lines += ["Energy distance / noise floor:", ""] + _metric_table(doc, "energy") + [""]
-        lines += ["MMD / noise floor:", ""] + _metric_table(doc, "mmd") + [""]
-        lines += [f"Noise floors: {_floors(doc)}.", ""]
+        if _is_image_doc(doc):
+            lines += _image_tables(doc)
+        else:
+            lines += ["Energy distance / noise floor:", ""] + _metric_table(doc, "energy") + [""]
+            lines += ["MMD / noise floor:", ""] + _metric_table(doc, "mmd") + [""]
+            lines += [f"Noise floors: {_floors(doc)}.", ""]
         lines += ["Training:", ""] + _training_table(doc) + [""]
         extras = _extras(doc)
         if extras:
