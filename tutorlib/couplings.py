@@ -92,23 +92,33 @@ def hilbert_index(x: Tensor, bits: int = 16) -> Tensor:
     """
     if x.dim() != 2 or x.shape[1] != 2:
         raise ValueError(f"hilbert_index needs points of shape (N, 2), got {tuple(x.shape)}")
-    x = x.detach().to(torch.float64)
-    lo, hi = x.min(0).values, x.max(0).values  # (2,), (2,)
+    if not 1 <= bits <= 31:
+        raise ValueError(f"bits must lie in [1, 31], got {bits}")
+    return torch.from_numpy(_hilbert_np(x.detach().cpu().numpy().astype(np.float64), bits))
+
+
+def _hilbert_np(x: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`hilbert_index` on a NumPy array ``(N, 2)``: NumPy's per-call cost is a fraction of
+    torch's on a few hundred points, and this runs once per training batch in :func:`block_ot`."""
+    lo, hi = x.min(0), x.max(0)  # (2,), (2,)
     n = 1 << bits
-    q = ((x - lo) / (hi - lo).clamp_min(1e-12) * (n - 1)).round().long()  # (N, 2) in [0, n)
-    qx, qy = q[:, 0], q[:, 1]
-    d = torch.zeros_like(qx)
+    q = np.rint((x - lo) / np.maximum(hi - lo, 1e-12) * (n - 1)).astype(np.int64)  # (N, 2) in [0, n)
+    qx, qy = q[:, 0].copy(), q[:, 1].copy()
+    d = np.zeros_like(qx)
     s = n >> 1
     while s > 0:
         rx = (qx & s) > 0
         ry = (qy & s) > 0
-        d += s * s * ((3 * rx.long()) ^ ry.long())
+        d += s * s * ((3 * rx) ^ ry)
         flip = rx & ~ry  # rotate the quadrant: reflect, then swap x and y where ry == 0
-        qx = torch.where(flip, n - 1 - qx, qx)
-        qy = torch.where(flip, n - 1 - qy, qy)
-        qx, qy = torch.where(ry, qx, qy), torch.where(ry, qy, qx)
+        qx = np.where(flip, n - 1 - qx, qx)
+        qy = np.where(flip, n - 1 - qy, qy)
+        qx, qy = np.where(ry, qx, qy), np.where(ry, qy, qx)
         s >>= 1
     return d
+
+
+_SORT_BITS = 12  # Hilbert grid of 4096 x 4096 cells for block_ot's sort: finer changes no order that matters
 
 
 def sort_key(x_0: Tensor, x_1: Tensor) -> tuple[Tensor, Tensor]:
@@ -122,7 +132,7 @@ def sort_key(x_0: Tensor, x_1: Tensor) -> tuple[Tensor, Tensor]:
     b = x_1.detach().reshape(x_1.shape[0], -1).cpu().float()  # (B, D)
     both = torch.cat([a, b])  # (2B, D)
     if both.shape[1] == 2:
-        key = hilbert_index(both)
+        key = torch.from_numpy(_hilbert_np(both.numpy().astype(np.float64), _SORT_BITS))
     elif both.shape[1] == 1:
         key = both[:, 0]
     else:
@@ -132,18 +142,26 @@ def sort_key(x_0: Tensor, x_1: Tensor) -> tuple[Tensor, Tensor]:
     return key[: a.shape[0]], key[a.shape[0]:]
 
 
-def block_ot_assignment(x_0: Tensor, x_1: Tensor, block: int = 32) -> Tensor:
+def block_ot_assignment(x_0: Tensor, x_1: Tensor, block: int = 16) -> Tensor:
     """An approximate OT assignment: exact within blocks of points that are close along a 1D key.
 
     Both sets are sorted by :func:`sort_key`; the i-th block of ``block`` consecutive rows of ``x_0``
     is matched exactly (SciPy's ``linear_sum_assignment``) with the i-th block of ``x_1``. Cost: a sort
     plus B / block assignments of size ``block``, so O(B block^2) instead of O(B^3).
 
-    How far from optimal (measured 2026-11-26, Gaussian noise -> checkerboard, eight_gaussians, moons,
-    two_spirals, total squared distance over the exact optimum): +14-19 % at batch 256 with ``block = 64``,
-    +26-39 % with ``block = 32``; at batch 4096 (against POT's ``emd``) +38-163 % with ``block = 64``; the
-    independent coupling is +220-520 %. Cost per training step of a 128 x 3 TimeMLP (1 thread): about
-    1.4-1.6 x the independent step at 256 (exact: 3.6 x) and 1.3-1.5 x at 4096 (exact: about 40 x).
+    How far from optimal and how fast (measured 2026-11-26 with ``bench/bench_ot_step.py``: Gaussian noise ->
+    checkerboard, one training step of the 128 x 3 ``TimeMLP``, 1 thread, medians of interleaved blocks;
+    earlier runs on eight_gaussians, moons and two_spirals gave similar gaps):
+
+    ========  ======  ==============================  ======================================
+    batch     block   transport cost over the exact   training step / independent step
+    ========  ======  ==============================  ======================================
+    256       16      +30 % (independent: +220 %)      1.10 x (exact assignment: 3.4 x)
+    256       32      +22 %                            1.21 x
+    4096      16      +41 % (independent: +231 %)      1.14 x (exact: ~3.4 s per batch, ~70 x)
+    4096      64      +38 %                            1.48 x
+    ========  ======  ==============================  ======================================
+
     The 1D key is the weak part: the two sets' Hilbert orders only roughly align. In high dimension
     the gap grows further.
 
@@ -163,10 +181,10 @@ def block_ot_assignment(x_0: Tensor, x_1: Tensor, block: int = 32) -> Tensor:
     if block >= B:
         return ot_assignment(x_0, x_1)
     k0, k1 = sort_key(x_0, x_1)
-    o0, o1 = torch.argsort(k0), torch.argsort(k1)  # (B,), (B,)
-    a = x_0.detach().reshape(B, -1).cpu().float()[o0]  # (B, D) sorted
-    b = x_1.detach().reshape(B, -1).cpu().float()[o1]  # (B, D) sorted
-    sigma = torch.empty(B, dtype=torch.int64)
+    o0, o1 = np.argsort(k0.numpy(), kind="stable"), np.argsort(k1.numpy(), kind="stable")  # (B,), (B,)
+    a = x_0.detach().reshape(B, -1).cpu().float().numpy()[o0]  # (B, D) sorted
+    b = x_1.detach().reshape(B, -1).cpu().float().numpy()[o1]  # (B, D) sorted
+    sigma = np.empty(B, dtype=np.int64)
     full = (B // block) * block
     spans = [(0, full, block)] if full else []
     if full < B:
@@ -174,20 +192,23 @@ def block_ot_assignment(x_0: Tensor, x_1: Tensor, block: int = 32) -> Tensor:
     for start, stop, size in spans:
         ab = a[start:stop].reshape(-1, size, a.shape[1])  # (nb, size, D)
         bb = b[start:stop].reshape(-1, size, b.shape[1])  # (nb, size, D)
-        cost = torch.cdist(ab, bb).square_().numpy()  # (nb, size, size)
+        # squared distances of every pair within each block: (nb, size, size)
+        cost = (ab * ab).sum(-1)[:, :, None] + (bb * bb).sum(-1)[:, None, :] - 2.0 * ab @ bb.transpose(0, 2, 1)
         for j in range(cost.shape[0]):
             _, cols = linear_sum_assignment(cost[j])
             lo = start + j * size
-            sigma[o0[lo:lo + size]] = o1[lo + torch.from_numpy(cols.astype(np.int64))]
-    return sigma.to(x_1.device)
+            sigma[o0[lo:lo + size]] = o1[lo + cols]
+    return torch.from_numpy(sigma).to(x_1.device)
 
 
-def block_ot(x_0: Tensor, x_1: Tensor, block: int = 32) -> Coupling:
+def block_ot(x_0: Tensor, x_1: Tensor, block: int = 16) -> Coupling:
     """The block-sorted approximate minibatch OT coupling (see :func:`block_ot_assignment`).
 
     Keeps ``x_0`` in order and reorders ``x_1``; a drop-in for :func:`minibatch_ot` that costs far less
-    at large batches, at the price of a transport cost measurably above the exact optimum (14-39 % at
-    batch 256 in 2D; see :func:`block_ot_assignment`), still far below the independent coupling's.
+    at large batches, at the price of a transport cost measurably above the exact optimum (about +30 % at
+    batch 256 and +41 % at 4096 in 2D with the default ``block = 16``, for 1.10 x and 1.14 x the cost of an
+    independent training step; see :func:`block_ot_assignment`), still far below the independent
+    coupling's +220 %.
 
     Returns:
         A :class:`Coupling`: ``x_0, x_1 = block_ot(x_0, x_1)``.
