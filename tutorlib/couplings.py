@@ -156,9 +156,9 @@ def block_ot_assignment(x_0: Tensor, x_1: Tensor, block: int = 16) -> Tensor:
     ========  ======  ==============================  ======================================
     batch     block   transport cost over the exact   training step / independent step
     ========  ======  ==============================  ======================================
-    256       16      +30 % (independent: +220 %)      1.10 x (exact assignment: 3.4 x)
+    256       16      +30 % (independent: +220 %)      1.10-1.16 x (exact assignment: 3.4 x)
     256       32      +22 %                            1.21 x
-    4096      16      +41 % (independent: +231 %)      1.14 x (exact: ~3.4 s per batch, ~70 x)
+    4096      16      +41 % (independent: +231 %)      1.12-1.14 x; 1.03 x prefetched (exact: ~70 x)
     4096      64      +38 %                            1.48 x
     ========  ======  ==============================  ======================================
 
@@ -206,7 +206,7 @@ def block_ot(x_0: Tensor, x_1: Tensor, block: int = 16) -> Coupling:
 
     Keeps ``x_0`` in order and reorders ``x_1``; a drop-in for :func:`minibatch_ot` that costs far less
     at large batches, at the price of a transport cost measurably above the exact optimum (about +30 % at
-    batch 256 and +41 % at 4096 in 2D with the default ``block = 16``, for 1.10 x and 1.14 x the cost of an
+    batch 256 and +41 % at 4096 in 2D with the default ``block = 16``, for 1.1-1.16 x and 1.12-1.14 x the cost of an
     independent training step; see :func:`block_ot_assignment`), still far below the independent
     coupling's +220 %.
 

@@ -275,9 +275,10 @@ class Prefetcher:
     thread already computes the next ``depth`` batches. Worth it only when building a batch is
     long, native work that releases the GIL: with the exact minibatch-OT coupling at batch 256
     (SciPy's assignment solver) the 2D training step drops from 3.4 x to 2.3 x the independent
-    step on two cores (``bench/bench_ot_step.py``). Batches built from many small Python-level
-    operations gain nothing (the cheap :func:`tutorlib.couplings.block_ot` measured 1.21 x with and
-    without it): the thread then mostly waits for the GIL the training loop holds.
+    step on two cores, and with :func:`tutorlib.couplings.block_ot` at batch 4096 from 1.12 x to
+    1.03 x (``bench/bench_ot_step.py``). Batches built from many small Python-level operations gain
+    nothing (``block_ot`` at batch 256: 1.16 x in line, 1.21 x prefetched): the thread then mostly
+    waits for the GIL that the training loop holds.
 
     On a single core it only reorders the same work; with two busy torch threads in the training step
     it competes with them (set the training to one thread, :func:`tutorlib.device.set_threads`).
