@@ -173,9 +173,9 @@ plotting.metric_curves(curves, "DDPM step k (t = 1 - k/T)", "alpha_bar_k", log_x
 # `tutorlib.losses.ddpm_loss` computes this loss; our batch sampler draws the data, the steps and the noise
 # from the lesson's generator, and `tutorlib.train.train` runs the loop (AdamW, learning-rate warm-up and
 # cosine decay, gradient clipping, and an EMA of the weights). The network is the course's 2D `TimeMLP`.
-# We change one default: a larger peak learning rate, because with the default the model had not yet
-# learned the squares' sharp edges within the profile's `P.steps_2d` steps (try `lr=1e-3` and compare the
-# share of samples inside the squares printed in section 6).
+# `TrainConfig.for_2d(P)` is the course's measured 2D recipe (peak learning rate 3e-3); with a smaller
+# one (try `lr=1e-3`) the model has not yet learned the squares' sharp edges within the profile's
+# `P.steps_2d` steps: compare the share of samples inside the squares printed in section 6.
 
 # %%
 def batch_2d(step):
@@ -190,7 +190,7 @@ def loss_2d(model, batch):
 
 
 eps_net = TimeMLP.from_profile(P).to(device)
-cfg_2d = TrainConfig.for_2d(P).replace(lr=3e-3)  # default lr is 1e-3
+cfg_2d = TrainConfig.for_2d(P)  # AdamW 3e-3, warm-up, cosine decay, EMA 0.999
 print(f"TimeMLP with {count_parameters(eps_net):,} parameters; {cfg_2d}")
 hist_2d = train(eps_net, loss_2d, batch_2d, cfg_2d)
 print(f"{len(hist_2d.losses)} steps in {hist_2d.total_time_s:.1f} s ({hist_2d.steps_per_s:.0f} steps/s), "
