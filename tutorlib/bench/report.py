@@ -198,6 +198,19 @@ def _extras(doc: dict[str, Any]) -> list[str]:
             n = m["nll"]
             out.append(f"- {dataset}: held-out NLL {_fmt(n['nats'], 4)} nats (n = {n['n']}, {n['method']}, "
                        f"{n['nfe']} NFE)")
+        if "quantisation_floor" in m:
+            q = m["quantisation_floor"]
+            out.append(f"- {dataset}: quantisation floor ({q['bins']} bins per axis on [{_fmt(q['low'])}, "
+                       f"{_fmt(q['high'])}]): energy {_fmt(q['energy']['x_floor'])} x, MMD {_fmt(q['mmd']['x_floor'])} x "
+                       "the noise floor (what tokenising alone costs)")
+        if "guidance" in m:
+            out.append(f"- {dataset}: guidance (judge accuracy on held-out data {_fmt(100 * m['judge_accuracy'])} %): "
+                       "class accuracy % / within-class spread relative to the data / energy x label-matched floor")
+            out.append("")
+            out += ["  | entry | accuracy % | spread ratio | energy x matched floor |", "  |---|---|---|---|"]
+            out += [f"  | {k} | {_fmt(100 * g['accuracy'])} | {_fmt(g['spread_ratio'])} | "
+                    f"{_fmt(g['energy_x_matched_floor'])} |" for k, g in m["guidance"].items()]
+            out.append("")
         if "straightness" in m:
             out.append(f"- {dataset}: straightness (100 Euler steps; 0 = straight) "
                        + ", ".join(f"{k} {_fmt(v)}" for k, v in m["straightness"].items()))
@@ -276,6 +289,21 @@ def readme_summary(docs: list[dict[str, Any]]) -> str:
     if rows:
         lines += ["| method | data | 1 NFE | 4 NFE | 100 NFE |", "|---|---|---|---|---|"]
         lines += [f"| {' | '.join(r)} |" for r in rows] + [""]
+    image_rows = []
+    for case, label_of in (("mnist", {"fm": "flow matching, lesson 09 recipe (PatchUNet)"}),
+                           ("mnist_ttq", {"project": "lesson 09 recipe (PatchUNet)", "baseline": "0.54 M U-Net baseline"})):
+        doc = by_case.get(case)
+        if not doc:
+            continue
+        m = doc["metrics"]["mnist"]
+        for method, curve in m.get("curve", {}).items():
+            last = curve[-1]
+            image_rows.append(f"| {label_of.get(method, method)} ({case}) | {_fmt(last['train_s'], 4)} s, {last['steps']} "
+                              f"steps | {_fmt(100 * last['judge_accuracy'], 3)} % | {_fmt(last['frechet'], 3)} |")
+    if image_rows:
+        lines += ["MNIST, class-conditional, 20 Euler steps with classifier-free guidance (w = 2): judge accuracy and "
+                  "Frechet distance in the judge's features (n = 500) after CPU training for the budget:", "",
+                  "| model | training | judge accuracy | Frechet |", "|---|---|---|---|", *image_rows, ""]
     peers = by_case.get("peers2d")
     if peers:
         ok = {n: p for n, p in peers["peers"].items() if p["status"] == "ok" and n != "project"}
