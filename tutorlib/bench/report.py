@@ -299,11 +299,12 @@ def readme_summary(docs: list[dict[str, Any]]) -> str:
         for method, curve in m.get("curve", {}).items():
             last = curve[-1]
             image_rows.append(f"| {label_of.get(method, method)} ({case}) | {_fmt(last['train_s'], 4)} s, {last['steps']} "
-                              f"steps | {_fmt(100 * last['judge_accuracy'], 3)} % | {_fmt(last['frechet'], 3)} |")
+                              f"steps | {last['nfe']} NFE, w = {_fmt(last['w'])} | {_fmt(100 * last['judge_accuracy'], 3)} % "
+                              f"| {_fmt(last['frechet'], 3)} (n = {last['n']}) |")
     if image_rows:
-        lines += ["MNIST, class-conditional, 20 Euler steps with classifier-free guidance (w = 2): judge accuracy and "
-                  "Frechet distance in the judge's features (n = 500) after CPU training for the budget:", "",
-                  "| model | training | judge accuracy | Frechet |", "|---|---|---|---|", *image_rows, ""]
+        lines += ["MNIST, class-conditional, Euler steps with classifier-free guidance: judge accuracy and Frechet "
+                  "distance in the judge's features after CPU training for the budget:", "",
+                  "| model | training | sampling | judge accuracy | Frechet |", "|---|---|---|---|---|", *image_rows, ""]
     peers = by_case.get("peers2d")
     if peers:
         ok = {n: p for n, p in peers["peers"].items() if p["status"] == "ok" and n != "project"}
