@@ -279,7 +279,31 @@ class _ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class UNet(nn.Module):
+class _ImageFlowModel(nn.Module):
+    """What the course's 28x28 generative U-Nets share: profile sizing, the null class, the input check."""
+
+    in_channels: int
+    num_classes: int | None
+
+    @classmethod
+    def from_profile(cls, P, *, in_channels: int = 1, out_channels: int | None = None,
+                     num_classes: int | None = None):
+        """A model sized by a :class:`tutorlib.device.Profile` (``unet_channels``)."""
+        return cls(in_channels, out_channels, base_channels=P.unet_channels, num_classes=num_classes)
+
+    @property
+    def null_class(self) -> int | None:
+        """Label meaning "no class" (``num_classes``), or ``None`` if unconditional."""
+        return self.num_classes
+
+    def _conditioning(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None) -> torch.Tensor:
+        """Check ``x`` is ``(B, in_channels, 28, 28)``; return the conditioning vector ``(B, 4C)``."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (28, 28):
+            raise ValueError(f"x must have shape (B, {self.in_channels}, 28, 28), got {tuple(x.shape)}")
+        return self.embed(_check_t(t, x.shape[0], x), y)  # (B, 4C)
+
+
+class UNet(_ImageFlowModel):
     """A small U-Net for 28x28 images: levels 28 -> 14 -> 7, one residual block per level.
 
     Channels ``(C, 2C, 2C)`` at resolutions ``(28, 14, 7)`` with ``C = base_channels``
@@ -331,23 +355,9 @@ class UNet(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(C), C)
         self.out = nn.Conv2d(C, self.out_channels, 3, padding=1)
 
-    @classmethod
-    def from_profile(
-        cls, P, *, in_channels: int = 1, out_channels: int | None = None, num_classes: int | None = None
-    ) -> "UNet":
-        """A U-Net sized by a :class:`tutorlib.device.Profile` (``unet_channels``)."""
-        return cls(in_channels, out_channels, base_channels=P.unet_channels, num_classes=num_classes)
-
-    @property
-    def null_class(self) -> int | None:
-        """Label meaning "no class" (``num_classes``), or ``None`` if unconditional."""
-        return self.num_classes
-
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C_in, 28, 28)``, ``t`` ``(B,)``, ``y`` ``(B,)`` or ``None`` -> ``(B, C_out, 28, 28)``."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (28, 28):
-            raise ValueError(f"x must have shape (B, {self.in_channels}, 28, 28), got {tuple(x.shape)}")
-        c = self.embed(_check_t(t, x.shape[0], x), y)  # (B, 4C)
+        c = self._conditioning(x, t, y)  # (B, 4C)
         h0 = self.enc0(self.stem(x), c)  # (B, C, 28, 28)
         h1 = self.enc1(self.down0(h0), c)  # (B, 2C, 14, 14)
         h2 = self.enc2(self.down1(h1), c)  # (B, 2C, 7, 7)
@@ -360,7 +370,7 @@ class UNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))  # (B, out_channels, 28, 28)
 
 
-class PatchUNet(nn.Module):
+class PatchUNet(_ImageFlowModel):
     """A U-Net on 2x2 patches of 28x28 images: levels 14 -> 7, the course's fast MNIST model.
 
     ``pixel_unshuffle`` turns ``(B, C_in, 28, 28)`` into ``(B, 4 C_in, 14, 14)`` (each 2x2 patch
@@ -406,23 +416,9 @@ class PatchUNet(nn.Module):
         self.out_norm = nn.GroupNorm(_groups(C), C)
         self.out = nn.Conv2d(C, 4 * self.out_channels, 3, padding=1)  # 4 = the 2x2 patch
 
-    @classmethod
-    def from_profile(
-        cls, P, *, in_channels: int = 1, out_channels: int | None = None, num_classes: int | None = None
-    ) -> "PatchUNet":
-        """A PatchUNet sized by a :class:`tutorlib.device.Profile` (``unet_channels``)."""
-        return cls(in_channels, out_channels, base_channels=P.unet_channels, num_classes=num_classes)
-
-    @property
-    def null_class(self) -> int | None:
-        """Label meaning "no class" (``num_classes``), or ``None`` if unconditional."""
-        return self.num_classes
-
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C_in, 28, 28)``, ``t`` ``(B,)``, ``y`` ``(B,)`` or ``None`` -> ``(B, C_out, 28, 28)``."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (28, 28):
-            raise ValueError(f"x must have shape (B, {self.in_channels}, 28, 28), got {tuple(x.shape)}")
-        c = self.embed(_check_t(t, x.shape[0], x), y)  # (B, 4C)
+        c = self._conditioning(x, t, y)  # (B, 4C)
         h1 = self.enc1(self.stem(F.pixel_unshuffle(x, 2)), c)  # (B, C, 14, 14)
         h2 = self.enc2(self.down(h1), c)  # (B, 2C, 7, 7)
         h = h2
