@@ -5,7 +5,7 @@ Modules are flat, one concept each, and import only downwards (see ``STYLE``):
 1. :mod:`tutorlib.device`, :mod:`tutorlib.data`
 2. schedulers, paths, couplings, models
 3. losses, solvers, likelihood, discrete, guidance
-4. train, metrics
+4. train, metrics, recipes (the measured MNIST recipe, lesson 09)
 5. plotting, widgets, exercises, bench
 
 Notation used everywhere: ``x_0`` is the source (noise), ``x_1`` the data, ``t`` runs
