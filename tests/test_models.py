@@ -11,6 +11,7 @@ from tutorlib.models import (
     MNISTClassifier,
     NoisyClassifier2D,
     NoisyImageClassifier,
+    PatchUNet,
     TimeMLP,
     UNet,
     count_parameters,
@@ -161,3 +162,20 @@ def test_timemlp_shared_time_fast_path_matches_per_row_times():
     model(xa, shared).sum().backward()
     model(xb, per_row).sum().backward()
     torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: UNet(1, None, base_channels=4, num_classes=10),
+    lambda: PatchUNet(1, None, base_channels=4, num_classes=10),
+])
+def test_narrow_image_models_still_see_time_and_label(make):
+    # with one channel per GroupNorm group, a shift added before the norm would vanish entirely
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        base = model(x, torch.tensor([0.3, 0.3]), torch.tensor([1, 1]))
+        other_t = model(x, torch.tensor([0.8, 0.8]), torch.tensor([1, 1]))
+        other_y = model(x, torch.tensor([0.3, 0.3]), torch.tensor([7, 7]))
+    assert (base - other_t).abs().max() > 1e-4
+    assert (base - other_y).abs().max() > 1e-4

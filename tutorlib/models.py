@@ -261,21 +261,28 @@ def _groups(channels: int, max_groups: int = 8) -> int:
 
 
 class _ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, conditioning added between the convs, 1x1 skip if needed."""
+    """GroupNorm-SiLU-conv twice; the conditioning scales and shifts the second norm's output; 1x1 skip if needed.
+
+    ``h = conv1(silu(norm1(x)))``, ``(s, b) = W c``, ``h = conv2(silu(norm2(h) (1 + s) + b))``. The
+    conditioning acts *after* the GroupNorm: a per-channel shift added before it would be subtracted
+    again by the group mean (entirely when a group holds one channel, as in narrow smoke-profile
+    models), so time and label would not reach the block.
+    """
 
     def __init__(self, c_in: int, c_out: int, cond_dim: int):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.cond = nn.Linear(cond_dim, c_out)
+        self.cond = nn.Linear(cond_dim, 2 * c_out)  # per-channel scale and shift
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        h = h + self.cond(F.silu(c))[:, :, None, None]  # (B, C_out, H, W)
-        h = self.conv2(F.silu(self.norm2(h)))  # (B, C_out, H, W)
+        scale, shift = self.cond(F.silu(c))[:, :, None, None].chunk(2, dim=1)  # (B, C_out, 1, 1) each
+        h = self.norm2(h) * (1 + scale) + shift  # (B, C_out, H, W)
+        h = self.conv2(F.silu(h))  # (B, C_out, H, W)
         return self.skip(x) + h
 
 
@@ -308,10 +315,10 @@ class UNet(_ImageFlowModel):
 
     Channels ``(C, 2C, 2C)`` at resolutions ``(28, 14, 7)`` with ``C = base_channels``
     (``profile().unet_channels``: 32 standard, 8 smoke), GroupNorm, SiLU, a time (and class)
-    conditioning vector of size ``4C`` added inside every residual block, strided-conv
+    conditioning vector of size ``4C`` that scales and shifts every residual block, strided-conv
     downsampling, nearest-neighbour upsampling (the next block's 3x3 conv smooths it), skip
-    connections by concatenation, no attention (CPU training is the target). About 0.54 M
-    parameters and 70 M multiply-adds per image at ``C = 32`` (class-conditional).
+    connections by concatenation, no attention (CPU training is the target). About 0.58 M
+    parameters and about 76 M multiply-adds per image at ``C = 32`` (class-conditional).
 
     Output: ``(B, out_channels, 28, 28)``. ``out_channels = in_channels`` for a velocity,
     epsilon or x_1 prediction; for discrete flows (lesson 10) on one-channel images with ``K``
@@ -379,7 +386,7 @@ class PatchUNet(_ImageFlowModel):
     middle blocks, and the decoder back up with skip connections by concatenation;
     ``pixel_shuffle`` restores 28x28. Same blocks and conditioning as :class:`UNet` (GroupNorm,
     SiLU, time + class vector added inside every block), but no 28x28 level, where :class:`UNet`
-    spends most of its multiply-adds: at ``C = 32`` about 0.41 M parameters and a training step
+    spends most of its multiply-adds: at ``C = 32`` about 0.44 M parameters and a training step
     about 3x faster than ``UNet(base_channels=32)`` on a CPU (measured in issue 8's bench; lesson 09
     trains it to a judge accuracy above 97 % in a few CPU minutes).
 

@@ -9,7 +9,7 @@ for classifier-free guidance (``fm-cfgW``) and CFG-Zero* (``fm-cfgzeroW``). It a
 "64 digits in 20 guided steps" sampler (``extra.sampling``).
 
 ``mnist_ttq`` is the time-to-quality comparison of issue 8: the same training loop and budget for the
-project recipe and a *baseline*: :class:`~tutorlib.models.UNet` at ``C = 32`` (0.54 M parameters, levels
+project recipe and a *baseline*: :class:`~tutorlib.models.UNet` at ``C = 32`` (0.58 M parameters, levels
 28 -> 14 -> 7, the "plain 0.5 M U-Net at batch 128" of the issue) with the course's earlier MNIST settings
 (AdamW 2e-3, cosine to 5 %, EMA 0.999, uniform times, label dropout 0.1). Both are scored at the same
 snapshot times; the final models are swept over the guidance scale at 20 steps.
