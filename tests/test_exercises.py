@@ -229,3 +229,75 @@ def test_check_energy_distance_and_mmd():
     assert not wrong.passed and "wrong value" in wrong.message
     assert not ex.check_mmd(lambda x, y, h: mmd(x, y, 2 * h)).passed
     assert "returned None" in ex.check_mmd(lambda x, y, h: None).message
+
+
+# --- lesson 09: label dropout and the batched CFG pass ----------------------------------------
+
+
+def label_dropout(y, p, null_class, generator):
+    drop = torch.rand(y.shape, generator=generator) < p
+    return torch.where(drop, torch.full_like(y, null_class), y)
+
+
+def cfg_one_pass(model, x, t, y, w):
+    B = x.shape[0]
+    y_null = torch.full_like(y, model.null_class)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))
+    return out[B:] + w * (out[:B] - out[B:])
+
+
+@pytest.mark.parametrize("checker, fn", [(ex.check_label_dropout, label_dropout),
+                                         (ex.check_cfg_velocity, cfg_one_pass)],
+                         ids=["check_label_dropout", "check_cfg_velocity"])
+def test_lesson_09_correct_implementations_pass(checker, fn):
+    result = checker(fn)
+    assert result.passed, result.message
+    assert checker(fn, strict=True).passed
+
+
+def test_label_dropout_library_function_passes_and_global_rng_is_untouched():
+    from tutorlib.guidance import drop_labels
+
+    state = torch.random.get_rng_state()
+    assert ex.check_label_dropout(lambda y, p, n, g: drop_labels(y, p, n, generator=g)).passed
+    assert ex.check_cfg_velocity(cfg_one_pass).passed
+    assert torch.equal(state, torch.random.get_rng_state()), "a check moved the global random state"
+
+
+def test_label_dropout_failures():
+    global_rng = ex.check_label_dropout(lambda y, p, n, g: torch.where(torch.rand(y.shape) < p, n, y))
+    assert not global_rng.passed and "draw the coin flips from the generator" in global_rng.message
+    all_or_none = ex.check_label_dropout(
+        lambda y, p, n, g: torch.full_like(y, n) if float(torch.rand((), generator=g)) < p else y.clone())
+    assert not all_or_none.passed and "standard errors" in all_or_none.message
+    wrong_side = ex.check_label_dropout(lambda y, p, n, g: torch.where(torch.rand(y.shape, generator=g) > p, n, y))
+    assert not wrong_side.passed and "with p = 0.0 it must keep every label" in wrong_side.message
+    random_label = ex.check_label_dropout(
+        lambda y, p, n, g: torch.where(torch.rand(y.shape, generator=g) < p, (y + 1) % n, y))
+    assert not random_label.passed and "the input label or the null class 10" in random_label.message
+    in_place = ex.check_label_dropout(lambda y, p, n, g: y.masked_fill_(torch.rand(y.shape, generator=g) < p, n))
+    assert not in_place.passed and "in place" in in_place.message
+    floats = ex.check_label_dropout(lambda y, p, n, g: label_dropout(y, p, n, g).float())
+    assert not floats.passed and "wrong dtype" in floats.message
+    stub = ex.check_label_dropout(lambda y, p, n, g: None)
+    assert not stub.passed and "returned None" in stub.message
+
+
+def test_cfg_velocity_failures():
+    two_calls = ex.check_cfg_velocity(lambda m, x, t, y, w: m(x, t, None) + w * (m(x, t, y) - m(x, t, None)))
+    assert not two_calls.passed and "the value is right, but the model was called 3 time(s)" in two_calls.message
+    swapped = ex.check_cfg_velocity(lambda m, x, t, y, w: cfg_one_pass(m, x, t, y, 1 - w))
+    assert not swapped.passed and "wrong value" in swapped.message and "hint: the first B rows" in swapped.message
+    conditional = ex.check_cfg_velocity(lambda m, x, t, y, w: m(x, t, y))
+    assert not conditional.passed and "wrong value" in conditional.message
+    assert "inputs: model a small PatchUNet, x (" in conditional.message
+    raises = ex.check_cfg_velocity(lambda m, x, t, y, w: m(torch.cat([x, x]), t, y))
+    assert not raises.passed and "raised" in raises.message
+
+
+def test_cfg_check_model_depends_on_the_label():
+    g = torch.Generator().manual_seed(0)
+    model = ex._small_image_model(g, 3)
+    x, t = torch.randn(4, 1, 28, 28, dtype=torch.float64), torch.rand(4, dtype=torch.float64)
+    gap = (model(x, t, torch.tensor([0, 1, 2, 0])) - model(x, t, None)).abs().max()
+    assert gap > 1e-2, "the check's model ignores its label: a wrong guidance combination could pass"

@@ -28,6 +28,8 @@ check                           the learner writes                              
 :func:`check_cfm_target`        ``fn(x_0, x_1, t) -> (x_t, dx_t)``                03
 :func:`check_minibatch_ot`      ``fn(x_0, x_1) -> (x_0, x_1)`` re-paired          05
 :func:`check_guided_velocity`   ``fn(v_cond, v_uncond, w) -> v``                  08
+:func:`check_label_dropout`     ``fn(y, p, null_class, generator) -> y_dropped``  09
+:func:`check_cfg_velocity`      ``fn(model, x, t, y, w) -> v`` in one pass        09
 ==============================  ================================================  ======
 
 Per-sample scalars (``t``, ``alpha_bar``) have shape ``(B,)`` throughout, as in the library:
@@ -48,8 +50,10 @@ import torch
 
 from tutorlib.couplings import minibatch_ot
 from tutorlib.ddpm import DDPMSchedule, linear_betas
+from tutorlib.guidance import cfg_velocity
 from tutorlib.likelihood import divergence_exact, divergence_hutchinson
 from tutorlib.metrics import energy_distance, mmd_rbf
+from tutorlib.models import PatchUNet
 from tutorlib.paths import CondOTPath
 
 __all__ = [
@@ -57,6 +61,7 @@ __all__ = [
     "check_mmd",
     "CheckResult",
     "check",
+    "check_cfg_velocity",
     "check_cfm_target",
     "check_ddim_step",
     "check_divergence_exact",
@@ -64,6 +69,7 @@ __all__ = [
     "check_forward_noising",
     "check_guided_velocity",
     "check_hutchinson",
+    "check_label_dropout",
     "check_minibatch_ot",
 ]
 
@@ -606,3 +612,166 @@ def check_guided_velocity(fn: Callable, *, strict: bool | None = None) -> CheckR
         return v_uncond + w * (v_cond - v_uncond)
 
     return check(fn, reference, make_inputs, name="guided_velocity", strict=strict)
+
+
+# --- lesson 09: flow matching on MNIST -------------------------------------------------------------
+
+
+def check_label_dropout(fn: Callable, *, seed: int = 0, strict: bool | None = None) -> CheckResult:
+    """Check label dropout for classifier-free guidance training (lesson 09).
+
+    The learner writes ``fn(y, p, null_class, generator) -> y_dropped``: a new int64 ``(B,)`` tensor in
+    which each label of ``y`` is replaced by ``null_class`` independently with probability ``p``, the
+    coin flips drawn from ``generator`` (a CPU ``torch.Generator``). Checked, in this order: the type,
+    shape and dtype; that ``y`` is left unchanged; that every output is the input label or the null
+    class, and a label that already is the null class stays so; ``p = 0`` keeps every label and
+    ``p = 1`` drops every one; the same generator state gives the same output (the draws come from
+    ``generator``, not the global seed); and, on 20,000 labels, that the fraction dropped is within
+    five standard errors of ``p`` (rows are dropped one by one, not all or none).
+    """
+    name = "label_dropout"
+    g = torch.Generator().manual_seed(seed)
+    null = 10
+
+    def labels(B: int) -> torch.Tensor:
+        return torch.randint(0, null, (B,), generator=g)  # (B,)
+
+    def call(y: torch.Tensor, p: float, gen_seed: int) -> tuple[Any, str | None]:
+        inputs = {"y": y, "p": p, "null_class": null, "generator": "a torch.Generator"}
+        where = f"p = {p}, inputs: {_inputs_text(inputs)}"
+        y_in = y.clone()
+        try:
+            out = fn(y_in, p, null, torch.Generator().manual_seed(gen_seed))
+        except Exception as err:
+            return None, f"{_exception_text(err)} ({where})"
+        if not torch.equal(y_in, y):
+            return None, f"changed its input y in place; return a new tensor, e.g. with torch.where ({where})"
+        expected = torch.empty_like(y)
+        problem, _ = _compare_tensor(out, expected, math.inf, 0.0)  # type, shape, dtype and device only
+        if problem is not None:
+            hint = " (labels are int64: torch.full_like(y, null_class) keeps the dtype)" if "dtype" in problem else ""
+            return None, f"{problem}{hint} ({where})"
+        ok = (out == y) | (out == null)
+        if not bool(ok.all()):
+            i = int((~ok).nonzero()[0])
+            return None, (f"output {i} is {int(out[i])} for the label {int(y[i])}: every output must be the "
+                          f"input label or the null class {null} ({where})")
+        if bool((out[y == null] != null).any()):
+            return None, f"a label that already was the null class {null} must stay so ({where})"
+        return out, None
+
+    B = _batch(g, 20, 40)
+    y = labels(B)
+    y[0] = null  # an already-dropped label
+    for p, expect in ((0.0, "keep every label"), (1.0, "drop every label")):
+        out, problem = call(y, p, 1)
+        if problem is not None:
+            return _finish(CheckResult(name, False, problem), strict)
+        want = y if p == 0.0 else torch.full_like(y, null)
+        if not torch.equal(out, want):
+            n_wrong = int((out != want).sum())
+            return _finish(CheckResult(name, False, f"with p = {p} it must {expect}, but {n_wrong} of {B} outputs "
+                                                    f"differ (drop where a uniform draw is below p: "
+                                                    f"torch.rand(B, generator=generator) < p)"), strict)
+    first, problem = call(y, 0.5, 2)
+    if problem is not None:
+        return _finish(CheckResult(name, False, problem), strict)
+    again, _ = call(y, 0.5, 2)
+    if again is None or not torch.equal(first, again):
+        return _finish(CheckResult(name, False, "two calls with generators in the same state gave different "
+                                                "outputs: draw the coin flips from the generator, "
+                                                "torch.rand(B, generator=generator)"), strict)
+    n, p = 20_000, 0.2
+    y_big = labels(n)
+    out, problem = call(y_big, p, 3)
+    if problem is not None:
+        return _finish(CheckResult(name, False, problem), strict)
+    frac = float((out == null).double().mean())
+    se = math.sqrt(p * (1 - p) / n)
+    if abs(frac - p) > 5 * se:
+        return _finish(CheckResult(name, False, (
+            f"on {n} labels with p = {p} it dropped a fraction {frac:.4f}, more than 5 standard errors "
+            f"({5 * se:.4f}) from p: drop each label on its own coin flip, one uniform draw per label")), strict)
+    return _finish(CheckResult(name, True, (
+        f"keeps or drops single labels, p = 0 and p = 1 exact, reproducible under a generator, and dropped "
+        f"{frac:.4f} of {n} labels at p = {p} (within {abs(frac - p) / se:.1f} standard errors)")), strict)
+
+
+class _CountingModel(torch.nn.Module):
+    """Wraps a class-conditional model and records the batch size of every call."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls: list[int] = []
+
+    @property
+    def null_class(self) -> int:
+        return self.model.null_class
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls.append(int(x.shape[0]))
+        return self.model(x, t, y)
+
+
+def _small_image_model(g: torch.Generator, num_classes: int) -> torch.nn.Module:
+    """A small class-conditional PatchUNet in float64 with weights drawn from ``g`` (global RNG untouched).
+
+    Every weight is drawn at scale 0.3, so the output depends clearly on the label and a wrong
+    combination of the conditional and unconditional halves cannot pass.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = PatchUNet(1, None, base_channels=8, num_classes=num_classes).double().eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.3 * _randn(g, *param.shape))
+    return model
+
+
+def check_cfg_velocity(fn: Callable, *, strict: bool | None = None) -> CheckResult:
+    """Check classifier-free guidance in one batched forward pass (lesson 09).
+
+    The learner writes ``fn(model, x, t, y, w) -> v``: the guided velocity
+    ``v_uncond + w (v_cond - v_uncond)`` of a class-conditional ``model(x, t, y)`` (with a
+    ``model.null_class`` attribute) at images ``x`` ``(B, 1, 28, 28)``, times ``t`` ``(B,)`` and labels
+    ``y`` int64 ``(B,)``, computed with **one** call of ``model`` on the doubled batch (``[x, x]`` with
+    labels ``[y, null_class]``). The reference is :func:`tutorlib.guidance.cfg_velocity`; the check
+    also counts the calls and their batch size.
+    """
+    name = "cfg_velocity"
+    g = torch.Generator().manual_seed(0)
+    num_classes = 3
+    model = _small_image_model(g, num_classes)
+    hints = {"wrong value": "the first B rows of the doubled output are conditional (labels y), the last B "
+                            "unconditional (the null class): out[:B], out[B:]"}
+    largest = 0.0
+    trials = 3
+    for trial in range(1, trials + 1):
+        B = _batch(g, 3, 6)
+        x = _randn(g, B, 1, 28, 28)  # (B, 1, 28, 28)
+        t = _rand(g, B)  # (B,)
+        y = torch.randint(0, num_classes, (B,), generator=g)  # (B,)
+        w = round(0.5 + 4 * float(_rand(g, 1)), 3)
+        inputs = {"x": x, "t": t, "y": y, "w": w}
+        where = f"trial {trial} of {trials}, inputs: model a small PatchUNet, {_inputs_text(inputs)}"
+        with torch.no_grad():
+            expected = cfg_velocity(model, y, w)(x, t)  # (B, 1, 28, 28)
+        counting = _CountingModel(model)
+        try:
+            with torch.no_grad():
+                got = fn(counting, x.clone(), t.clone(), y.clone(), w)
+        except Exception as err:
+            return _finish(CheckResult(name, False, f"{_exception_text(err)} ({where})"), strict)
+        problem, err = _compare_tensor(got, expected, 1e-9, 1e-7)
+        if problem is not None:
+            return _finish(CheckResult(name, False, _hinted(f"{problem} ({where})", hints)), strict)
+        if counting.calls != [2 * B]:
+            sizes = ", ".join(str(c) for c in counting.calls) or "none"
+            return _finish(CheckResult(name, False, (
+                f"the value is right, but the model was called {len(counting.calls)} time(s) with batch sizes "
+                f"{sizes}; evaluate both halves in one call on the doubled batch of {2 * B}: "
+                f"model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null])) ({where})")), strict)
+        largest = max(largest, err)
+    return _finish(CheckResult(name, True, f"matches tutorlib.guidance.cfg_velocity on {trials} random trials "
+                                           f"(largest error {largest:.2g}), one model call per evaluation"),
+                   strict)
