@@ -67,7 +67,8 @@ def cfm_loss(model: Model, path: AffinePath, x_0: Tensor, x_1: Tensor, t: Tensor
     Returns:
         The scalar loss.
     """
-    target = Parametrisation(target)
+    if target is not Parametrisation.VELOCITY:  # the usual case skips the enum lookup
+        target = Parametrisation(target)
     s = path.sample(x_0, x_1, t)
     pred = model(s.x_t, t) if y is None else model(s.x_t, t, y)  # (B, ...)
     return (pred - target.target(x_0, x_1, s.dx_t)).square().mean()

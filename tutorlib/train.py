@@ -449,15 +449,17 @@ def train(
     model.train()
     stop_reason = "steps"
     start = time.perf_counter()
+    elapsed, current_lr = 0.0, None
     try:
         for step in range(config.steps):
-            elapsed = time.perf_counter() - start
             if config.time_budget_s is not None and elapsed >= config.time_budget_s:
                 stop_reason = "time_budget"
                 break
             lr = lr_at(step, config, elapsed)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            if lr != current_lr:  # a constant schedule touches the optimiser once
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                current_lr = lr
             batch = get_batch(step)
             loss = loss_fn(net, batch)
             if loss.dim() != 0:
@@ -472,7 +474,8 @@ def train(
             steps.append(step)
             lrs.append(lr)
             pending.append(loss.detach())
-            pending_t.append(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start  # one clock read per step: this step's end, the next one's start
+            pending_t.append(elapsed)
             if (step + 1) % config.check_every == 0 or step + 1 == config.steps:
                 flush()
                 bar.update(len(losses) - bar.n)
