@@ -27,6 +27,8 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The tests run every lesson in the smoke profile (the default above is for `make course`).
+test: export TUTORLIB_PROFILE = smoke
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
