@@ -62,8 +62,8 @@ from tutorlib.exercises import check, check_cfg_velocity, check_label_dropout
 from tutorlib.guidance import cfg_velocity, guided_velocity, zero_star_scale
 from tutorlib.judge import load_judge
 from tutorlib.models import UNet, count_parameters
-from tutorlib.recipes import MNISTRecipe, mnist_fm_batches, mnist_fm_loss, sample_digits
-from tutorlib.train import load_or_train, train
+from tutorlib.recipes import MNISTRecipe, mnist_fm_batches, mnist_fm_loss, sample_digits, train_mnist_fm
+from tutorlib.train import load_or_train
 from tutorlib.widgets import guidance_explorer
 
 lesson_start = time.perf_counter()
@@ -259,7 +259,8 @@ assert m_patch < 0.5 * m_unet and p_patch < p_unet and share_28["UNet"] > 0.4
 # %% [markdown]
 # ## 4. Training, once: load or train
 #
-# *How do we train it, and not train it again next time?* `train` runs the loop of lesson 03 with the
+# *How do we train it, and not train it again next time?* `train_mnist_fm` feeds section 2's batches
+# (`mnist_fm_batches`, `mnist_fm_loss`) to `tutorlib.train.train`, the loop of lesson 03, with the
 # recipe's settings: AdamW with a linear warm-up and a cosine decay of the learning rate, gradient
 # clipping, and an **exponential moving average (EMA)** of the weights, $\bar\theta \leftarrow d\,\bar\theta
 # + (1-d)\,\theta$ after every step with $d$ = `recipe.ema_decay`. The EMA averages out the last steps'
@@ -275,12 +276,8 @@ assert m_patch < 0.5 * m_unet and p_patch < p_unet and share_28["UNet"] > 0.4
 # %%
 def train_fn(model):
     """Train `model` in place by the recipe and leave the EMA weights in it (what load_or_train saves)."""
-    model.to(memory_format=torch.channels_last if recipe.channels_last else torch.contiguous_format)
-    batches = mnist_fm_batches(train_x, train_y, recipe, generator=torch.Generator().manual_seed(SEED + 1),
-                               device=device, null_class=model.null_class)
-    hist = train(model, mnist_fm_loss, batches, recipe.train_config(desc=f"MNIST FM ({P.name})"))
-    hist.ema.copy_to(model)  # keep the averaged weights
-    model.to(memory_format=torch.contiguous_format)
+    _, hist = train_mnist_fm(recipe, train_x, train_y, seed=SEED, device=device, model=model,
+                             desc=f"MNIST FM ({P.name})")
     return hist
 
 

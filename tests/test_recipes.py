@@ -80,7 +80,11 @@ def test_batches_shapes_dropout_and_times():
 def test_train_and_sample_end_to_end_tiny():
     images, labels = _fake_mnist(64)
     recipe = MNISTRecipe(base_channels=8, batch=8, steps=5, warmup_steps=2, time_budget_s=None)
+    state = torch.random.get_rng_state()
     model, hist = train_mnist_fm(recipe, images, labels, seed=0, progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state)  # seeded from its own generators only
+    again, _ = train_mnist_fm(recipe, images, labels, seed=0, progress=False)
+    torch.testing.assert_close(again.stem.weight, model.stem.weight, rtol=0, atol=0)  # reproducible
     assert len(hist.losses) == 5 and not model.training
     torch.testing.assert_close(dict(model.named_parameters())["stem.weight"], hist.ema.model.stem.weight)
     batch = mnist_fm_batches(images, labels, recipe, generator=torch.Generator().manual_seed(0))(0)

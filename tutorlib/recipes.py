@@ -153,7 +153,7 @@ _PATH = CondOTPath()
 
 
 def train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, seed: int = 0,
-                   device: torch.device | str = "cpu", progress: bool = True,
+                   device: torch.device | str = "cpu", progress: bool = True, desc: str = "MNIST FM",
                    model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, TrainHistory]:
     """Train a class-conditional velocity model on MNIST by the recipe; return its EMA weights.
 
@@ -161,17 +161,22 @@ def train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, seed:
         recipe: the run's settings.
         images: training images ``(N, 1, 28, 28)`` in ``[-1, 1]``.
         labels: int64 ``(N,)``.
-        seed: seeds the initialisation and every batch.
+        seed: seeds the initialisation (of a model built here) and every batch; the global RNG is untouched.
         device: where to train.
         progress: show a progress bar.
-        model: train this model instead of ``recipe.build_model()`` (it must take ``(x, t, y)``).
+        desc: progress-bar label.
+        model: train this model (in place) instead of ``recipe.build_model()``; it must take ``(x, t, y)``.
 
     Returns:
         ``(model, history)``: the model holding the EMA weights (eval mode, NCHW layout) and the
         :class:`~tutorlib.train.TrainHistory`.
     """
-    torch.manual_seed(seed)
-    net = recipe.build_model() if model is None else model
+    if model is None:
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
+            torch.manual_seed(seed)
+            net = recipe.build_model()
+    else:
+        net = model
     net = net.to(device)
     if recipe.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -180,7 +185,7 @@ def train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, seed:
         raise ValueError("train_mnist_fm needs a class-conditional model (built with num_classes=10)")
     gen = torch.Generator().manual_seed(seed + 1)
     batches = mnist_fm_batches(images, labels, recipe, generator=gen, device=device, null_class=null_class)
-    hist = train(net, mnist_fm_loss, batches, recipe.train_config(progress=progress))
+    hist = train(net, mnist_fm_loss, batches, recipe.train_config(progress=progress, desc=desc))
     if hist.ema is not None:
         hist.ema.copy_to(net)
     net = net.to(memory_format=torch.contiguous_format).eval()
