@@ -31,16 +31,30 @@ def test_sinusoidal_embedding_shape_and_values():
 
 @pytest.mark.parametrize("out_dim", [None, 2, 24])
 def test_time_mlp_shapes(out_dim):
+    # the model is built from its own seed (never the global RNG), so the test is the same in any order
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)
+        m = TimeMLP(dim=2, hidden=32, depth=2, out_dim=out_dim)
     g = torch.Generator().manual_seed(0)
-    m = TimeMLP(dim=2, hidden=32, depth=2, out_dim=out_dim)
     x, t = torch.randn(5, 2, generator=g), torch.rand(5, generator=g)
     assert m(x, t).shape == (5, out_dim or 2)
-    assert m(x, 0.3).shape == (5, out_dim or 2)  # scalar t is broadcast
-    assert torch.allclose(m(x, 0.3), m(x, torch.full((5,), 0.3)))
+    out_scalar = m(x, 0.3)  # a scalar t is broadcast (and embedded once: the shared-time path)
+    out_rows = m(x, torch.full((5,), 0.3))  # the same time, one row each
+    assert out_scalar.shape == (5, out_dim or 2)
+    # the two paths round differently; outputs are O(0.1), so compare with an absolute tolerance
+    torch.testing.assert_close(out_scalar, out_rows, rtol=0, atol=1e-6)
+    assert not torch.allclose(m(x, 0.3), m(x, 0.9), rtol=0, atol=1e-3)  # and t matters
     with pytest.raises(ValueError):
         m(x, torch.rand(4))
     with pytest.raises(ValueError):
         m(x, t, torch.zeros(5, dtype=torch.long))  # unconditional model given labels
+
+
+def test_time_mlp_shapes_do_not_depend_on_the_global_seed():
+    """The flaky version of the test above failed for 35 of 200 global seeds; this one never may."""
+    for seed in range(200):
+        torch.manual_seed(seed)
+        test_time_mlp_shapes(24)
 
 
 def test_time_mlp_from_profile_and_time_dependence():
@@ -72,11 +86,23 @@ def test_class_conditioning_and_null_class():
 
 def test_categorical_head_for_tokens():
     D, K = 2, 8  # two tokens, eight categories (+ mask in the input one-hot)
-    m = TimeMLP(dim=D * (K + 1), hidden=32, depth=1, out_dim=D * K)
-    tokens = torch.randint(0, K + 1, (5, D))
-    x = F.one_hot(tokens, K + 1).float().view(5, -1)
-    logits = m(x, torch.rand(5)).view(5, D, K)
-    assert logits.shape == (5, D, K)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        m = TimeMLP(dim=D * (K + 1), hidden=32, depth=1, out_dim=D * K)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, K + 1, (5, D), generator=g)
+    x = F.one_hot(tokens, K + 1).float().reshape(5, -1)  # (5, 18)
+    out = m(x, torch.rand(5, generator=g))
+    assert out.shape == (5, D * K)  # the model's own output, before any reshape
+    logits = out.reshape(5, D, K)
+    # the head is per token: changing token 1 of the input changes both tokens' logits, and the
+    # cross-entropy over categories (dim 1 after a transpose) is finite and positive
+    tokens2 = tokens.clone()
+    tokens2[:, 1] = (tokens2[:, 1] + 1) % (K + 1)
+    out2 = m(F.one_hot(tokens2, K + 1).float().reshape(5, -1), torch.rand(5, generator=g)).reshape(5, D, K)
+    assert (out2 - logits).abs().amax() > 1e-4
+    loss = F.cross_entropy(logits.transpose(1, 2), tokens.clamp(max=K - 1))
+    assert torch.isfinite(loss) and loss > 0
 
 
 def test_unet_shapes_null_class_and_heads():
@@ -97,13 +123,18 @@ def test_unet_shapes_null_class_and_heads():
         u(torch.randn(3, 1, 32, 32), t)
 
 
-def test_unet_parameter_budget_per_profile():
-    std = UNet.from_profile(profile("standard"), num_classes=10)
-    smoke = UNet.from_profile(profile("smoke"), num_classes=10)
-    n_std, n_smoke = count_parameters(std), count_parameters(smoke)
-    assert 200_000 < n_std < 2_000_000, n_std  # "a few million at most"
-    assert n_smoke < 100_000, n_smoke
-    assert count_parameters(UNet.from_profile(profile("full"), num_classes=10)) < 5_000_000
+def test_parameter_counts_per_profile():
+    """Exact counts: the docstrings quote them (0.58 M U-Net, 0.44 M PatchUNet, 0.17 M TimeMLP)."""
+    expected = {  # profile: (UNet, PatchUNet, TimeMLP), class-conditional image models
+        "smoke": (38_369, 30_244, 33_602),
+        "standard": (584_321, 439_684, 174_082),
+        "full": (2_325_761, 1_729_284, 873_218),
+    }
+    for name, (n_unet, n_patch, n_mlp) in expected.items():
+        P = profile(name)
+        assert count_parameters(UNet.from_profile(P, num_classes=10)) == n_unet, name
+        assert count_parameters(PatchUNet.from_profile(P, num_classes=10)) == n_patch, name
+        assert count_parameters(TimeMLP.from_profile(P)) == n_mlp, name
 
 
 def test_unet_gradients_flow_to_every_parameter():
@@ -119,7 +150,7 @@ def test_mnist_classifier_and_features():
     x = torch.rand(4, 1, 28, 28) * 2 - 1
     assert m(x).shape == (4, 10)
     assert m.features(x).shape == (4, m.feature_dim) == (4, 128)
-    assert count_parameters(m) * 4 < 2_000_000  # ships as < 2 MB
+    assert count_parameters(m) == 131_178  # 0.5 MB in float32
 
 
 def test_noisy_classifiers():
