@@ -33,17 +33,17 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 book: $(STAMP)
-	$(PY) -m tutorlib.course build-book
+	$(PY) book/course.py build-book
 
 # The book needs no internet: serve it to a classroom from the instructor's machine.
 BOOK_PORT ?= 8000
 BOOK_HTML := build/book-$(TUTORLIB_PROFILE)/_build/html
 serve-book: $(STAMP)
-	@test -f $(BOOK_HTML)/index.html || $(PY) -m tutorlib.course build-book
+	@test -f $(BOOK_HTML)/index.html || $(PY) book/course.py build-book
 	$(PY) -m http.server $(BOOK_PORT) --directory $(BOOK_HTML)
 
 course: $(STAMP)
-	$(PY) -m tutorlib.course all
+	$(PY) book/course.py all
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab lessons/

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from tutorlib.bench.peers2d import ConcatMLP  # the plain v(x, t) = MLP([x, t]) both variants share
+from bench.peers2d import ConcatMLP  # the plain v(x, t) = MLP([x, t]) both variants share
 from tutorlib.couplings import minibatch_ot
 from tutorlib.losses import cfm_loss
 from tutorlib.paths import CondOTPath

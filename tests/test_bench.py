@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from tutorlib.bench import CASES, PLANNED, PlannedCaseError, run
-from tutorlib.bench.__main__ import main
-from tutorlib.bench.common import BENCH_PROFILES
-from tutorlib.bench.report import write_report
+from bench import CASES, PLANNED, PlannedCaseError, run
+from bench.__main__ import main
+from bench.common import BENCH_PROFILES
+from bench.report import write_report
 from tutorlib.data import TOY_DATASETS
 
 TOP_KEYS = {"schema", "case", "profile", "seed", "date", "device", "machine", "versions", "config", "timings",
@@ -158,7 +158,7 @@ def test_peers2d_reports_every_implementation(smoke):
 
 
 def test_peers2d_skips_a_peer_that_cannot_be_imported(monkeypatch):
-    from tutorlib.bench import peers2d
+    from bench import peers2d
 
     def refuse(module: str):
         raise ImportError(f"No module named {module!r} (simulated)")
@@ -175,7 +175,7 @@ def test_peers2d_skips_a_peer_that_cannot_be_imported(monkeypatch):
 
 
 def test_concat_mlp_accepts_scalar_and_batched_times():
-    from tutorlib.bench.peers2d import ConcatMLP
+    from bench.peers2d import ConcatMLP
 
     model = ConcatMLP(2, 8, 2)
     x = torch.randn(5, 2)
@@ -209,7 +209,7 @@ def test_cli_list_and_planned_cases(capsys, tmp_path):
 
 
 def test_ttq2d_records_curves_and_the_time_to_quality_table(smoke, tmp_path):
-    from tutorlib.bench.ttq import TTQ_CONFIGS
+    from bench.ttq import TTQ_CONFIGS
 
     doc, out = smoke("ttq2d")
     cfg = TTQ_CONFIGS["smoke"]
@@ -230,7 +230,7 @@ def test_ttq2d_records_curves_and_the_time_to_quality_table(smoke, tmp_path):
 
 
 def test_ttq_summary_counts_unreached_targets():
-    from tutorlib.bench.ttq import summarise
+    from bench.ttq import summarise
 
     curve = lambda xs: [{"train_s": t, "steps": 1, "energy_x_floor": x} for t, x in zip((5, 10), xs)]  # noqa: E731
     s = summarise({"a": {"0": curve((3, 1.5)), "1": curve((1, 1)), "2": curve((9, 9))}}, 2.0)["a"]
@@ -246,7 +246,7 @@ def test_datasets_subset_only_for_cases_that_take_one(tmp_path):
 def test_readme_summary_block_is_rewritten_between_its_markers(tmp_path):
     from pathlib import Path
 
-    from tutorlib.bench.report import README_END, README_START, load_results, readme_summary, update_readme
+    from bench.report import README_END, README_START, load_results, readme_summary, update_readme
 
     results = Path(__file__).resolve().parents[1] / "bench" / "results"
     docs = load_results([results])
@@ -267,7 +267,7 @@ def test_readme_summary_block_is_rewritten_between_its_markers(tmp_path):
 
 @pytest.mark.parametrize("case", sorted(IMAGE_CASES))
 def test_mnist_cases_record_curves_sweeps_and_sampling_time(case, smoke):
-    from tutorlib.bench.mnist import MNIST_CONFIGS, scale_tag
+    from bench.mnist import MNIST_CONFIGS, scale_tag
 
     doc, _ = smoke(case)
     cfg = MNIST_CONFIGS["smoke"]

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tutorlib.bench import run
-from tutorlib.bench.common import BENCH_PROFILES
-from tutorlib.bench.discrete2d import BINS, DATASETS, HIGH, LOW, ORACLES, SOURCES, histogram_table
+from bench import run
+from bench.common import BENCH_PROFILES
+from bench.discrete2d import BINS, DATASETS, HIGH, LOW, ORACLES, SOURCES, histogram_table
 
 METHODS = (*ORACLES, *SOURCES)
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from tutorlib.bench import run
-from tutorlib.bench.common import BENCH_PROFILES, Run, generator
-from tutorlib.bench.guidance2d import DATASETS, GUIDE_NFE, METHODS, SCALES, scale_tag
+from bench import run
+from bench.common import BENCH_PROFILES, Run, generator
+from bench.guidance2d import DATASETS, GUIDE_NFE, METHODS, SCALES, scale_tag
 from tutorlib.data import TOY_DATASETS, sample_labelled
 
 ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")

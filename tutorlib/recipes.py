@@ -1,7 +1,7 @@
 """Measured recipes: class-conditional flow matching on MNIST in a few CPU minutes (lesson 09).
 
 The recipe is what the bench measured to reach a good model fastest on a laptop CPU (issue 8,
-``python -m tutorlib.bench mnist`` and ``mnist_ttq``): a :class:`~tutorlib.models.PatchUNet` (a U-Net on
+``python -m bench mnist`` and ``mnist_ttq``): a :class:`~tutorlib.models.PatchUNet` (a U-Net on
 2x2 patches, levels 14 -> 7, about 0.44 M parameters at ``C = 32``), the linear path
 (:class:`~tutorlib.paths.CondOTPath`) with a velocity target, labels dropped with probability 0.1 for
 classifier-free guidance, AdamW with a warm-up and a cosine decay that ends with the time budget, an

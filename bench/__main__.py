@@ -1,6 +1,6 @@
-"""``python -m tutorlib.bench``: run a bench case, list the cases, or write the results report.
+"""``python -m bench``: run a bench case, list the cases, or write the results report.
 
-See :mod:`tutorlib.bench` for the cases, the files written and the naming of the results.
+See :mod:`bench` for the cases, the files written and the naming of the results.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tutorlib.bench import CASES, ISSUE, PLANNED, PlannedCaseError, run
+from bench import CASES, ISSUE, PLANNED, PlannedCaseError, run
 
 
 def list_cases() -> str:
@@ -22,9 +22,9 @@ def list_cases() -> str:
 
 def _run_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m tutorlib.bench",
+        prog="python -m bench",
         description="Run a bench case (writes DIR/results.json and DIR/samples.npz). "
-                    "`python -m tutorlib.bench report DIR... --out FILE.md` turns results into a markdown table.",
+                    "`python -m bench report DIR... --out FILE.md` turns results into a markdown table.",
         epilog=list_cases(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("case", nargs="?", help="the case to run (see --list)")
     ap.add_argument("--list", action="store_true", help="print the cases and whether each is available")
@@ -40,7 +40,7 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _report_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m tutorlib.bench report",
+    ap = argparse.ArgumentParser(prog="python -m bench report",
                                  description="Turn results.json files into a markdown report.")
     ap.add_argument("inputs", nargs="+", help="result folders (holding results.json) or results.json files")
     ap.add_argument("--out", default=None, help="markdown file to write (default: print)")
@@ -52,7 +52,7 @@ def _report_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["report"]:
-        from tutorlib.bench.report import load_results, readme_summary, update_readme, write_report
+        from bench.report import load_results, readme_summary, update_readme, write_report
 
         args = _report_parser().parse_args(argv[1:])
         text = write_report(args.inputs, args.out)

@@ -1,10 +1,10 @@
 """Speed and quality benchmarks of the course's methods, and of tutorlib against peer libraries.
 
-Command line (``python -m tutorlib.bench --help``)::
+Command line (``python -m bench --help``)::
 
-    python -m tutorlib.bench --list
-    python -m tutorlib.bench CASE [--profile smoke|standard|full] [--seed N] [--out DIR] [--threads N] [--device D]
-    python -m tutorlib.bench report DIR_OR_JSON... [--out bench/RESULTS.md]
+    python -m bench --list
+    python -m bench CASE [--profile smoke|standard|full] [--seed N] [--out DIR] [--threads N] [--device D]
+    python -m bench report DIR_OR_JSON... [--out bench/RESULTS.md]
 
 A run writes two files into ``DIR`` (default ``bench/out/CASE-PROFILE``, ignored by git):
 
@@ -13,7 +13,7 @@ A run writes two files into ``DIR`` (default ``bench/out/CASE-PROFILE``, ignored
   scipy and any peer library), ``config`` (the sizes and settings used), ``timings`` and ``metrics``;
 * ``samples.npz``: the held-out real samples and every generated sample set, ``(n, 2)`` float32.
 
-Cases available now (sizes from :data:`tutorlib.bench.common.BENCH_PROFILES`):
+Cases available now (sizes from :data:`bench.common.BENCH_PROFILES`):
 
 * ``fm2d``: flow matching, independent (``fm-ind``) and minibatch-OT (``fm-ot``) couplings, on
   checkerboard, eight_gaussians, moons and two_spirals; Euler at NFE 1, 2, 4, 8, 16, 32, 100 and dopri5.
@@ -33,18 +33,18 @@ Cases available now (sizes from :data:`tutorlib.bench.common.BENCH_PROFILES`):
   against facebookresearch/flow_matching's checkerboard example (4 x 512 MLP, batch 4096, Adam 1e-3),
   each trained for the same wall-clock budget with scored snapshots (evaluation time excluded), several
   seeds per dataset; a top-level ``ttq`` record holds the curves and ``ttq_summary`` the time to
-  2 x floor and the final ratio (see :mod:`tutorlib.bench.ttq`).
+  2 x floor and the final ratio (see :mod:`bench.ttq`).
 
 * ``guidance2d``: a class-conditional model trained with label dropout and a noisy classifier on labelled
   2D data; classifier-free guidance (``cfg-wW``), CFG-Zero* (``cfgzero-wW``) and classifier guidance
   (``clf-wW``) swept over the guidance scale ``W`` (``1_5`` for 1.5); each set is stored with its labels
-  and scored by class accuracy and within-class spread too (see :mod:`tutorlib.bench.guidance2d`).
+  and scored by class accuracy and within-class spread too (see :mod:`bench.guidance2d`).
 
-* ``discrete2d``: discrete flow matching on tokenised 2D data (see :mod:`tutorlib.bench.discrete2d`).
+* ``discrete2d``: discrete flow matching on tokenised 2D data (see :mod:`bench.discrete2d`).
 * ``mnist``: lesson 09's class-conditional recipe (:mod:`tutorlib.recipes`) trained for the profile's
   wall-clock budget and scored by the judge (accuracy, Frechet distance, spread) on the way, then swept
   over NFE and guidance; ``mnist_ttq``: the same budget for the recipe and a baseline U-Net (see
-  :mod:`tutorlib.bench.mnist`). Their arrays are images ``(n, 1, 28, 28)`` in ``[-1, 1]``.
+  :mod:`bench.mnist`). Their arrays are images ``(n, 1, 28, 28)`` in ``[-1, 1]``.
 
 Naming of sample arrays and JSON keys
 -------------------------------------
@@ -92,23 +92,23 @@ class Case:
 
 CASES: dict[str, Case] = {c.name: c for c in [
     Case("fm2d", "flow matching, independent vs minibatch-OT coupling, 4 datasets, Euler NFE sweep + dopri5",
-         "tutorlib.bench.fm2d"),
-    Case("ddpm2d", "DDPM eps-model: ancestral, DDIM and probability-flow ODE vs steps", "tutorlib.bench.ddpm2d"),
+         "bench.fm2d"),
+    Case("ddpm2d", "DDPM eps-model: ancestral, DDIM and probability-flow ODE vs steps", "bench.ddpm2d"),
     Case("cnf2d", "maximum-likelihood CNF (exact divergence), samples vs NFE and held-out NLL",
-         "tutorlib.bench.cnf2d"),
-    Case("reflow2d", "1-, 2-, 3-rectified flow and a one-step distilled model", "tutorlib.bench.reflow2d"),
+         "bench.cnf2d"),
+    Case("reflow2d", "1-, 2-, 3-rectified flow and a one-step distilled model", "bench.reflow2d"),
     Case("peers2d", "tutorlib vs plain PyTorch, flow_matching and torchcfm on one MLP: speed and quality",
-         "tutorlib.bench.peers2d"),
+         "bench.peers2d"),
     Case("ttq2d", "time to quality: project recipe vs flow_matching's example on equal wall-clock budgets, 4 datasets",
-         "tutorlib.bench.ttq", takes_datasets=True),
+         "bench.ttq", takes_datasets=True),
     Case("guidance2d", "classifier-free guidance, CFG-Zero* and classifier guidance: guidance-scale sweeps on "
-         "labelled 2D data", "tutorlib.bench.guidance2d"),
+         "labelled 2D data", "bench.guidance2d"),
     Case("discrete2d", "discrete flow matching on tokenised 2D data: masked vs uniform source, discrete Euler NFE sweep",
-         "tutorlib.bench.discrete2d"),
+         "bench.discrete2d"),
     Case("mnist", "class-conditional flow matching on MNIST by lesson 09's recipe: judge accuracy and Frechet "
-         "distance over training time, NFE and guidance scale", "tutorlib.bench.mnist"),
+         "distance over training time, NFE and guidance scale", "bench.mnist"),
     Case("mnist_ttq", "time to quality on MNIST: the recipe's PatchUNet vs a 0.5 M-parameter U-Net baseline on equal "
-         "wall-clock budgets", "tutorlib.bench.mnist_ttq"),
+         "wall-clock budgets", "bench.mnist_ttq"),
 ]}
 
 PLANNED: dict[str, str] = {}
@@ -148,7 +148,7 @@ def run(case: str, profile: str = "standard", seed: int = 0, out: str | Path | N
     """
     import torch
 
-    from tutorlib.bench.common import bench_profile
+    from bench.common import bench_profile
     from tutorlib.device import get_device
 
     spec = _case(case)

@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 
-from tutorlib.bench.common import BenchProfile, Run, build, derive_seed, generator, log, timed, train_config
+from bench.common import BenchProfile, Run, build, derive_seed, generator, log, timed, train_config
 from tutorlib.data import gaussian, toy_sampler
 from tutorlib.likelihood import log_prob
 from tutorlib.models import TimeMLP

@@ -18,8 +18,8 @@ import dataclasses
 
 import torch
 
-from tutorlib.bench.common import BenchProfile, Run, generator, log, timed, train_config
-from tutorlib.bench.fm2d import train_fm
+from bench.common import BenchProfile, Run, generator, log, timed, train_config
+from bench.fm2d import train_fm
 from tutorlib.couplings import Coupling, independent
 from tutorlib.data import gaussian
 from tutorlib.losses import cfm_loss

@@ -1,6 +1,6 @@
 """Case ``fm2d``: flow matching with independent and minibatch-OT couplings on four 2D datasets.
 
-For each of :data:`~tutorlib.bench.common.FM_DATASETS`, two :class:`~tutorlib.models.TimeMLP`
+For each of :data:`~bench.common.FM_DATASETS`, two :class:`~tutorlib.models.TimeMLP`
 velocity models are trained with :func:`tutorlib.losses.cfm_loss` on the linear path
 (:class:`~tutorlib.paths.CondOTPath`): ``fm-ind`` pairs noise and data independently
 (:func:`tutorlib.couplings.independent`), ``fm-ot`` re-pairs each batch by the exact minibatch OT
@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from tutorlib.bench.common import FM_DATASETS, BenchProfile, Run, build, derive_seed, generator, train_config
+from bench.common import FM_DATASETS, BenchProfile, Run, build, derive_seed, generator, train_config
 from tutorlib.couplings import independent, minibatch_ot
 from tutorlib.data import gaussian, toy_sampler
 from tutorlib.losses import cfm_loss

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import torch
 
-from tutorlib.bench.common import (
+from bench.common import (
     METRICS,
     BenchProfile,
     Run,

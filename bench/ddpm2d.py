@@ -16,7 +16,7 @@ import dataclasses
 
 import torch
 
-from tutorlib.bench.common import BenchProfile, Run, build, derive_seed, generator, timed, train_config
+from bench.common import BenchProfile, Run, build, derive_seed, generator, timed, train_config
 from tutorlib.data import gaussian, toy_sampler
 from tutorlib.ddpm import DDPMSchedule, ancestral_sample, ddim_sample, ddpm_to_velocity, linear_betas
 from tutorlib.losses import ddpm_loss

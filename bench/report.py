@@ -1,4 +1,4 @@
-"""``python -m tutorlib.bench report DIR... --out FILE.md``: results.json files as markdown tables.
+"""``python -m bench report DIR... --out FILE.md``: results.json files as markdown tables.
 
 One section per run: the energy distance and MMD of every entry as a multiple of its noise floor
 (rows: dataset and method; columns: NFE, then dopri5 with its NFE), training speed, case extras
@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tutorlib.bench import CASES
+from bench import CASES
 
 
 def load_results(inputs: list[str | Path]) -> list[dict[str, Any]]:
@@ -221,9 +221,9 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
     """The markdown report of the given results documents."""
     today = _dt.datetime.now(_dt.timezone.utc).date().isoformat()
     lines = ["# Bench results", "",
-             f"Written {today} by `python -m tutorlib.bench report` from {len(docs)} run(s)"
+             f"Written {today} by `python -m bench report` from {len(docs)} run(s)"
              + (f" ({', '.join(sources)})" if sources else "") + ". Re-run a case with "
-             "`python -m tutorlib.bench CASE --profile PROFILE --seed N --out DIR`.", ""]
+             "`python -m bench CASE --profile PROFILE --seed N --out DIR`.", ""]
     machines = {_machine_line(d) for d in docs}
     if len(machines) == 1:
         lines += [f"Machine: {machines.pop()}.", ""]
@@ -257,7 +257,7 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-README_START = "<!-- bench-summary:start (written by `python -m tutorlib.bench report ... --readme README.md`) -->"
+README_START = "<!-- bench-summary:start (written by `python -m bench report ... --readme README.md`) -->"
 README_END = "<!-- bench-summary:end -->"
 
 

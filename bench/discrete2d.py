@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from tutorlib.bench.common import METRICS, BenchProfile, Run, build, derive_seed, generator, log, timed, train_config
+from bench.common import METRICS, BenchProfile, Run, build, derive_seed, generator, log, timed, train_config
 from tutorlib.data import toy_sampler
 from tutorlib.discrete import (
     MixturePath,

@@ -7,7 +7,7 @@ For each dataset and seed two recipes train for the same wall-clock budget (60 s
   *time* budget, gradient clipping 1 and an EMA (:class:`tutorlib.train.EMA`); both the EMA
   (``project``) and the raw weights (``project-raw``) are scored.
 * ``peer``: facebookresearch/flow_matching's checkerboard example: a plain 4 x 512 SiLU MLP with the time
-  concatenated (:class:`~tutorlib.bench.peers2d.ConcatMLP`), batch 4096, Adam at 1e-3 constant, trained
+  concatenated (:class:`~bench.peers2d.ConcatMLP`), batch 4096, Adam at 1e-3 constant, trained
   through ``flow_matching.path.AffineProbPath(CondOTScheduler())`` when that package imports (else the same
   arithmetic in plain PyTorch; ``config.peer_path`` says which).
 
@@ -35,8 +35,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from tutorlib.bench.common import FM_DATASETS, BenchProfile, Run, build, derive_seed, generator, log
-from tutorlib.bench.peers2d import ConcatMLP, import_peer
+from bench.common import FM_DATASETS, BenchProfile, Run, build, derive_seed, generator, log
+from bench.peers2d import ConcatMLP, import_peer
 from tutorlib.data import gaussian, toy_sampler
 from tutorlib.losses import cfm_loss
 from tutorlib.metrics import energy_distance, model_score, noise_floor

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 import tutorlib
-from tutorlib.bench.common import BenchProfile, Run, build, derive_seed, dist_version, generator, log, sync
+from bench.common import BenchProfile, Run, build, derive_seed, dist_version, generator, log, sync
 from tutorlib.data import gaussian, toy_sampler
 from tutorlib.losses import cfm_loss
 from tutorlib.paths import CondOTPath

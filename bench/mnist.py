@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from tutorlib.bench.common import BenchProfile, Run, derive_seed, log, sync
-from tutorlib.bench.ttq import train_timed
+from bench.common import BenchProfile, Run, derive_seed, log, sync
+from bench.ttq import train_timed
 from tutorlib.data import load_mnist
 from tutorlib.judge import load_judge
 from tutorlib.metrics import feature_spread, frechet_distance, judge_accuracy
@@ -91,7 +91,7 @@ def scale_tag(w: float) -> str:
 
 
 class MNISTRun(Run):
-    """A :class:`~tutorlib.bench.common.Run` whose reference is held-out MNIST test images, scored by the judge."""
+    """A :class:`~bench.common.Run` whose reference is held-out MNIST test images, scored by the judge."""
 
     def __init__(self, case: str, bp: BenchProfile, seed: int, device: torch.device, cfg: MNISTBenchConfig):
         super().__init__(case, bp, seed, device, (DATASET,))
@@ -101,7 +101,7 @@ class MNISTRun(Run):
 
     def set_mnist_reference(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``n`` test images (``n / 10`` per digit), their floors, and load the training set."""
-        from tutorlib.bench.common import _Dataset
+        from bench.common import _Dataset
 
         n = self.cfg.n
         test_x, test_y = load_mnist("test", progress=False)
