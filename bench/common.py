@@ -92,8 +92,8 @@ def bench_profile(name: str) -> BenchProfile:
 
 
 def train_config(bp: BenchProfile, desc: str) -> TrainConfig:
-    """``TrainConfig.for_2d(P)`` without the progress bar (what every 2D case trains with)."""
-    return TrainConfig.for_2d(bp.P).replace(progress=False, desc=desc)
+    """``TrainConfig.from_profile(P)`` without the progress bar (what every 2D case trains with)."""
+    return TrainConfig.from_profile(bp.P).replace(progress=False, desc=desc)
 
 
 # --- seeding and timing ---

@@ -67,7 +67,7 @@ def token_batches(dataset: str, path: MixturePath, batch: int, gen: torch.Genera
 
     def sampler(step: int):
         x_1 = quantise(draw(batch, generator=gen), path.vocab_size, LOW, HIGH, clip=True)  # (B, 2)
-        x_0 = path.sample_source((batch, 2), gen)  # (B, 2)
+        x_0 = path.sample_source((batch, 2), generator=gen)  # (B, 2)
         t = torch.rand(batch, generator=gen)  # (B,)
         return x_0.to(device), x_1.to(device), t.to(device)
 
@@ -100,8 +100,8 @@ def sample_tokens(run: Run, dataset: str, method: str, path: MixturePath, poster
     bins, seed = path.vocab_size, run.seed
     for nfe in run.bp.nfes:
         g = generator(seed, dataset, method, nfe, "euler")
-        sol, s = timed(lambda: discrete_euler(posterior, path, x_0, nfe, generator=g), run.device)
-        x = dequantise(sol.tokens, bins, LOW, HIGH, generator=generator(seed, dataset, method, nfe, "jitter"))
+        sol, s = timed(lambda: discrete_euler(posterior, path, x_0, steps=nfe, generator=g), run.device)
+        x = dequantise(sol.x, bins, LOW, HIGH, generator=generator(seed, dataset, method, nfe, "jitter"))
         run.add_samples(dataset, method, "discrete-euler", sol.nfe, x, s)
     entries = run.datasets[dataset].entries
     best = min(e["energy_x_floor"] for k, e in entries.items() if k.startswith(method + "@"))
@@ -138,12 +138,12 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
         table = histogram_table(dataset, bins, seed, device)
         for method, source in ORACLES.items():
             path = make_path(source, bins)
-            x_0 = path.sample_source((bp.P.n_eval_2d, 2), generator(seed, dataset, method, "x0"), device)
+            x_0 = path.sample_source((bp.P.n_eval_2d, 2), generator=generator(seed, dataset, method, "x0"), device=device)
             sample_tokens(run, dataset, method, path, lambda x, t: tabular_posterior(table, path, x, t).log(), x_0)
         for method, source in SOURCES.items():
             path = make_path(source, bins)
             hist = train_posterior(run, dataset, method, path)
-            x_0 = path.sample_source((bp.P.n_eval_2d, 2), generator(seed, dataset, method, "x0"), device)
+            x_0 = path.sample_source((bp.P.n_eval_2d, 2), generator=generator(seed, dataset, method, "x0"), device=device)
             sample_tokens(run, dataset, method, path, hist.ema_model, x_0)
     run.config = {
         "datasets": list(DATASETS), "bins": bins, "grid": [LOW, HIGH],

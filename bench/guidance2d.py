@@ -23,7 +23,7 @@ every set) sweeps the guidance scale ``w`` (:data:`SCALES` per profile) for thre
 (``ENTRY:labels``); the labels are those of the held-out reference, so energy distance and MMD
 compare like with like. ``metrics[DATASET]["guidance"][ENTRY]`` adds the class accuracy under the
 judge, the diversity ``spread_ratio`` (the mean over classes of the samples' within-class spread,
-:func:`tutorlib.guidance.within_class_spread`, divided by the held-out data's; at ``w = 0`` the
+:func:`tutorlib.metrics.within_class_spread`, divided by the held-out data's; at ``w = 0`` the
 labels are ignored, so it measures the whole distribution) and each metric as a multiple of a
 *label-matched* floor (``metrics[DATASET]["label_matched_floor"]``: fresh data with the held-out
 class counts against the held-out set). Label-matched sets do not pay for class-count noise, so
@@ -49,13 +49,13 @@ from bench.common import (
     train_config,
 )
 from tutorlib.data import TOY_DATASETS, gaussian, sample_labelled
+from tutorlib.data import labelled_batches
+from tutorlib.metrics import within_class_spread
 from tutorlib.guidance import (
     cfg_velocity,
     classifier_guided_velocity,
     classifier_loss,
     drop_labels,
-    labelled_batches,
-    within_class_spread,
 )
 from tutorlib.losses import cfm_loss
 from tutorlib.models import NoisyClassifier2D, TimeMLP

@@ -15,9 +15,9 @@ project recipe and a *baseline*: :class:`~tutorlib.models.UNet` at ``C = 32`` (0
 snapshot times; the final models are swept over the guidance scale at 20 steps.
 
 Metrics (every image set is generated for the held-out labels: ``n / 10`` per digit): judge accuracy
-(:func:`tutorlib.metrics.judge_accuracy`: the generated digit is classified as its label), Frechet
+(:func:`tutorlib.judge.judge_accuracy`: the generated digit is classified as its label), Frechet
 distance in the judge's features against ``n`` held-out test images (floor: ``n`` training images
-against the same), and the within-class feature spread (:func:`tutorlib.metrics.feature_spread`,
+against the same), and the within-class feature spread (:func:`tutorlib.judge.feature_spread`,
 diversity; real test digits give the reference). Entries are named ``METHOD@NFE`` with the scale
 written without a dot (``fm-cfg1_5@20``); arrays hold images ``(n, 1, 28, 28)`` in ``[-1, 1]`` and
 ``ENTRY:labels``; ``data`` holds the held-out test images (``data:labels`` their digits).
@@ -36,13 +36,12 @@ import numpy as np
 import torch
 
 from bench.common import BenchProfile, Run, derive_seed, log, sync
-from bench.ttq import train_timed
+from bench.ttq import cosine_time_lr, train_timed
 from tutorlib.data import load_mnist
-from tutorlib.judge import load_judge
-from tutorlib.metrics import feature_spread, frechet_distance, judge_accuracy
+from tutorlib.judge import feature_spread, frechet_distance, judge_accuracy, load_judge
 from tutorlib.models import UNet, count_parameters
 from tutorlib.recipes import MNISTRecipe, mnist_fm_batches, mnist_fm_loss, sample_digits
-from tutorlib.train import EMA, lr_at
+from tutorlib.train import EMA
 
 DATASET = "mnist"
 
@@ -51,7 +50,8 @@ DATASET = "mnist"
 class MNISTBenchConfig:
     """Sizes of the MNIST cases for one bench profile."""
 
-    recipe: MNISTRecipe  # the project recipe (its time_budget_s is the training budget)
+    recipe: MNISTRecipe  # the project recipe
+    budget_s: float  # wall-clock training budget of each model (time to quality: the bench's knob, not a lesson's)
     snapshots: tuple[float, ...]  # fractions of the budget at which the model is scored
     n: int  # generated images per scored set (and held-out reference size); a multiple of 10
     n_snapshot: int  # images per snapshot score
@@ -69,17 +69,17 @@ class MNISTBenchConfig:
 
 MNIST_CONFIGS: dict[str, MNISTBenchConfig] = {
     "smoke": MNISTBenchConfig(
-        recipe=MNISTRecipe(base_channels=8, batch=16, steps=1000, warmup_steps=2, time_budget_s=1.0),
+        recipe=MNISTRecipe(base_channels=8, batch=16, steps=1000, warmup_steps=2), budget_s=1.0,
         snapshots=(0.5, 1.0), n=40, n_snapshot=20, nfes=(1, 4), scales=(0.0, 1.0, 3.0), zero_star_scales=(3.0,),
         nfe=4, timing_images=8, timing_nfe=4, timing_repeats=2, train_limit=500, baseline_channels=8,
         ttq_scales=(1.0, 3.0),
     ),
     "standard": MNISTBenchConfig(
-        recipe=MNISTRecipe(), snapshots=(0.25, 0.5, 0.75, 1.0), n=1000, n_snapshot=500,
+        recipe=MNISTRecipe(), budget_s=600.0, snapshots=(0.25, 0.5, 0.75, 1.0), n=1000, n_snapshot=500,
         nfes=(1, 2, 4, 8, 20), scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0), zero_star_scales=(2.0, 3.0, 5.0),
     ),
     "full": MNISTBenchConfig(
-        recipe=MNISTRecipe(), snapshots=(0.25, 0.5, 0.75, 1.0), n=10000, n_snapshot=1000,
+        recipe=MNISTRecipe(), budget_s=600.0, snapshots=(0.25, 0.5, 0.75, 1.0), n=10000, n_snapshot=1000,
         nfes=(1, 2, 4, 8, 20, 50, 100), scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0), zero_star_scales=(2.0, 3.0, 5.0),
     ),
 }
@@ -158,15 +158,16 @@ def _noise(run: MNISTRun, n: int, tag: str) -> torch.Tensor:
 def _train_scored(run: MNISTRun, method: str, model: torch.nn.Module, recipe: MNISTRecipe) -> tuple[torch.nn.Module, list]:
     """Train ``model`` by ``recipe`` for its wall-clock budget, scoring the EMA weights at the snapshots.
 
-    Every profile takes this path (smoke: a 1 s budget); ``recipe.steps`` only shapes the learning-rate
-    decay, which ends with the budget (:func:`tutorlib.train.lr_at`)."""
+    Every profile takes this path (smoke: a 1 s budget). The learning rate warms up over
+    ``recipe.warmup_steps`` and then decays along a cosine that ends with the budget or with
+    ``recipe.steps``, whichever comes first (:func:`bench.ttq.cosine_time_lr`): a time-to-quality
+    schedule, which lessons never use (they train for steps)."""
     cfg, device = run.cfg, run.device
     model = model.to(device)
     if recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(derive_seed(run.seed, DATASET, method, "batches"))
     batches = mnist_fm_batches(run.train_x, run.train_y, recipe, generator=gen, device=device)
-    tcfg = recipe.train_config(progress=False)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr)
     ema = EMA(model, recipe.ema_decay)
@@ -190,13 +191,13 @@ def _train_scored(run: MNISTRun, method: str, model: torch.nn.Module, recipe: MN
         log(f"[{run.case}] {method} after {train_s:.0f} s ({steps} steps): judge {point['judge_accuracy'] * 100:.1f} %, "
             f"Frechet {fd:.2f}")
 
-    if recipe.time_budget_s is None:
-        raise ValueError("the MNIST bench trains for a wall-clock budget: give the recipe a time_budget_s")
-    budget = recipe.time_budget_s
+    budget = cfg.budget_s
     snapshots = tuple(f * budget for f in cfg.snapshots)
+    span = max(1, recipe.steps - recipe.warmup_steps)
 
     def lr_fn(step: int, frac: float) -> float:
-        return lr_at(step, tcfg, frac * budget)
+        done = max(frac, (step - recipe.warmup_steps) / span)  # the decay ends with the budget or the steps
+        return cosine_time_lr(step, done, recipe.lr, recipe.warmup_steps, recipe.min_lr_ratio)
 
     steps, loss = train_timed(model, mnist_fm_loss, batches, opt, budget, snapshots, evaluate, lr_fn=lr_fn,
                               grad_clip=recipe.grad_clip, ema=ema)

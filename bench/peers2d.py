@@ -224,7 +224,7 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
     def batches(i: int):
         return x0s[i], x1s[i], ts[i]
 
-    cfg = TrainConfig.for_2d(P).replace(warmup_steps=0, cosine_decay=False, grad_clip=None, ema_decay=None,
+    cfg = TrainConfig.from_profile(P).replace(warmup_steps=0, cosine_decay=False, grad_clip=None, ema_decay=None,
                                         time_budget_s=None, progress=False, desc="peers2d")
     base = build(lambda: ConcatMLP(2, P.hidden_2d, P.depth_2d), derive_seed(seed, dataset, "peers", "init"), device)
     impls = _make_impls(base, cfg, batches, device)

@@ -33,9 +33,9 @@ BOOK = ROOT / "book"
 GENERATED = BOOK / "_generated"
 LESSON_GLOB = "[0-9][0-9]_*.py"  # lessons/00_setup.py, ...
 APPENDIX_GLOB = "[A-Z]_*.py"  # lessons/A_mnist_at_scale.py, ...
-# The plotly renderer of the book's kernels (tutorlib.plotting registers it): figures without
-# plotly.js, which the book serves once from its own _static folder.
-BOOK_PLOTLY_RENDERER = "tutorlib_book"
+# Run at the start of each kernel of the build (through IPYTHONDIR): registers the book's plotly
+# renderer, figures without plotly.js, which the book serves once from its own _static folder.
+KERNEL_STARTUP = BOOK / "_ext" / "kernel_startup.py"
 # Hand-written pages after the lessons: (caption, [page, ...]).
 EXTRA_PARTS = [
     ("Results", ["results"]),
@@ -348,6 +348,14 @@ def output_dir(profile_name: str) -> Path:
     return ROOT / "build" / f"book-{profile_name}"
 
 
+def kernel_ipython_dir() -> Path:
+    """An IPython folder for the book's kernels whose startup runs ``book/_ext/kernel_startup.py``."""
+    folder = ROOT / "build" / "ipython"
+    startup = folder / "profile_default" / "startup" / "00-course-book.py"
+    _write_if_changed(startup, KERNEL_STARTUP.read_text(encoding="utf-8"))
+    return folder
+
+
 def build_book(strict: bool = False) -> int:
     """Build the HTML book of the current profile; returns the exit code."""
     if not ROOT.joinpath("pyproject.toml").is_file():
@@ -358,7 +366,7 @@ def build_book(strict: bool = False) -> int:
     env = dict(os.environ)
     env.setdefault("TUTORLIB_PROFILE", "standard")
     env.setdefault("TUTORLIB_STATIC_WIDGETS", "1")
-    env.setdefault("TUTORLIB_PLOTLY_RENDERER", BOOK_PLOTLY_RENDERER)
+    env["IPYTHONDIR"] = str(kernel_ipython_dir())
     out = output_dir(env["TUTORLIB_PROFILE"])
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(BOOK), "--path-output", str(out)]
     if strict:

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -48,6 +50,7 @@ import torch
 from tutorlib import data, metrics, plotting
 from tutorlib.device import get_device, profile, seed_everything
 from tutorlib.exercises import check_energy_distance, check_mmd
+from tutorlib.judge import frechet_distance, judge_accuracy
 
 lesson_start = time.perf_counter()
 device = get_device()
@@ -194,14 +197,14 @@ plotting.scatter_2d({"held-out data": held_out, "blurred (noise 0.3)": candidate
 # %%
 test_images, test_labels = data.load_mnist("test", limit=P.n_eval_mnist)
 train_images = images[: P.n_eval_mnist]
-acc = metrics.judge_accuracy(test_images, test_labels)
-fd_floor = metrics.frechet_distance(train_images, test_images)
+acc = judge_accuracy(test_images, test_labels)
+fd_floor = frechet_distance(train_images, test_images)
 noisy = (test_images + 0.5 * torch.randn(test_images.shape, generator=gen)).clamp(-1, 1)
-fd_noisy = metrics.frechet_distance(train_images, noisy)
+fd_noisy = frechet_distance(train_images, noisy)
 print(f"judge accuracy on {len(test_images)} real test digits: {acc:.2%}")
 print(f"Fréchet distance, train vs test (the floor): {fd_floor:.2f}")
 print(f"Fréchet distance, train vs noisy test digits: {fd_noisy:.2f}  ({fd_noisy / fd_floor:.0f} x floor)")
-print(f"judge accuracy on the noisy digits: {metrics.judge_accuracy(noisy, test_labels):.2%}")
+print(f"judge accuracy on the noisy digits: {judge_accuracy(noisy, test_labels):.2%}")
 assert fd_noisy > fd_floor
 plotting.image_grid(noisy[:16], nrow=8, title="Noisy test digits: the judge's features notice at once")
 

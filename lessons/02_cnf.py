@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -277,12 +279,10 @@ def data_batches(step):
     return data.eight_gaussians(cnf_batch, generator=gen, device=device)  # (batch, 2)
 
 
-cnf_cfg = train.TrainConfig.for_2d(P).replace(
-    steps=P.steps_2d // 10, lr=2e-3, time_budget_s=P.time_budget_s / 2, desc="CNF, max. likelihood")
+cnf_cfg = train.TrainConfig.from_profile(P).replace(steps=P.steps_2d // 10, lr=2e-3, desc="CNF, max. likelihood")
 cnf_hist = train.train(cnf, nll_loss, data_batches, cnf_cfg)
 cnf_model = cnf_hist.ema_model
-print(f"{len(cnf_hist.losses)} steps ({cnf_hist.stop_reason}) in {cnf_hist.total_time_s:.1f} s, "
-      f"final training NLL {cnf_hist.final_loss:.3f} nats")
+print(f"{cnf_hist.describe()} (the loss is the training NLL, in nats)")
 plotting.loss_curve(cnf_hist.steps, cnf_hist.losses, window=10, log_y=False, title="CNF training: NLL (nats)")
 
 # %% [markdown]
@@ -324,7 +324,7 @@ plotting.time_slider(plotting.trajectory_frames(sol.trajectory, sol.times, n_fra
 #
 # The model's density comes from `log_prob` on a grid, now with the adaptive `dopri5` solver, whose
 # error control covers the divergence integral. Next to it, the true mixture density
-# (`metrics.gmm_log_prob`). A density must integrate to one: the cell adds up $p$ over the plotted
+# (`data.gmm_log_prob`). A density must integrate to one: the cell adds up $p$ over the plotted
 # square as a check.
 
 # %%
@@ -333,7 +333,7 @@ def cnf_log_prob(points):
 
 
 fig_model = plotting.density_from_log_prob(cnf_log_prob, device=device, title="CNF density p_1(x)")
-fig_true = plotting.density_from_log_prob(lambda pts: metrics.gmm_log_prob(pts, means, std_true),
+fig_true = plotting.density_from_log_prob(lambda pts: data.gmm_log_prob(pts, means, std_true),
                                           device=device, title="true density of eight_gaussians")
 mass = {}
 for name, fig in (("CNF", fig_model), ("true", fig_true)):
@@ -363,7 +363,7 @@ fig_true
 # %%
 ev = likelihood.log_prob(cnf_model, x_test, method="dopri5", atol=1e-5, rtol=1e-5)
 ev_train_solver = likelihood.log_prob(cnf_model, x_test, **TRAIN_SOLVER)
-lp_true = metrics.gmm_log_prob(x_test, means, std_true)  # (N,) exact log-density of the data
+lp_true = data.gmm_log_prob(x_test, means, std_true)  # (N,) exact log-density of the data
 x_fit = data.eight_gaussians(P.n_eval_2d, generator=gen, device=device)
 gauss = torch.distributions.MultivariateNormal(x_fit.mean(0), torch.cov(x_fit.T))
 n = x_test.shape[0]

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -235,7 +237,7 @@ print("from-scratch CFM loss and Euler sampler agree with tutorlib.losses.cfm_lo
 # averaging the weights (EMA 0.999) lags behind the trained weights, so we switch it off.
 
 # %%
-cfg = TrainConfig.for_2d(P).replace(ema_decay=None)
+cfg = TrainConfig.from_profile(P).replace(ema_decay=None)
 
 
 def fm_loss_fn(model, x_1):
@@ -430,18 +432,18 @@ if P.name != "smoke":
 #
 # integrated backwards from the data point with `tutorlib.likelihood.log_prob` (adaptive dopri5,
 # exact divergence: two autograd passes in 2D). On eight Gaussians the true density is known
-# (`metrics.gmm_log_prob`), so we can compare. First a check of the machinery itself: the oracle
+# (`data.gmm_log_prob`), so we can compare. First a check of the machinery itself: the oracle
 # flow carries $\mathcal N(0, I)$ *exactly* to the mixture, so its likelihood must equal the
 # mixture's (in float64, up to the solver's tolerance, here $10^{-7}$). For the float32 network we
 # loosen the tolerance to $10^{-4}$: the divergence stays exact, the solver takes fewer, coarser steps.
 
 # %%
 x_ll = data.eight_gaussians(P.n_eval_2d // 4, generator=gen, device=device)  # (M, 2) held-out points
-true_lp = metrics.gmm_log_prob(x_ll, means, stds)  # (M,)
+true_lp = data.gmm_log_prob(x_ll, means, stds)  # (M,)
 means64, stds64, weights64 = means.double(), stds.double(), weights.double()
 lp_oracle = log_prob(lambda x, t: gmm_marginal_velocity(path, x, t, means64, stds64, weights64), x_ll.double(),
                      atol=1e-7, rtol=1e-7)
-gap_oracle = (lp_oracle.log_prob - metrics.gmm_log_prob(x_ll.double(), means64, stds64)).abs().max().item()
+gap_oracle = (lp_oracle.log_prob - data.gmm_log_prob(x_ll.double(), means64, stds64)).abs().max().item()
 print(f"oracle flow: largest |log p_flow - log p_true| = {gap_oracle:.2e} over {x_ll.shape[0]} points ({lp_oracle.nfe} NFE)")
 assert gap_oracle < 1e-3
 

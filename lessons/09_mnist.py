@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -36,14 +38,14 @@
 # The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, and this lesson's checkpoint `fm_mnist_<profile>.pt` if an earlier run saved it.
-# **Trains:** a class-conditional PatchUNet by `MNISTRecipe.for_profile(P)` (standard: at most 3000 steps or
-# 600 s of training, whichever comes first), saved for next time.
+# **Trains:** a class-conditional PatchUNet by `MNISTRecipe.from_profile(P)` (`P.steps_mnist` steps: 3000 in
+# the standard profile), saved for next time; the standard profile's checkpoint ships with the course.
 
 # %% [markdown]
 # ## Setup
 #
-# The usual three calls, plus the recipe: `MNISTRecipe.for_profile(P)` holds every setting of the run
-# (model width, batch, optimiser, label dropout, time budget, default guidance scale and NFE). In the
+# The usual three calls, plus the recipe: `MNISTRecipe.from_profile(P)` holds every setting of the run
+# (model width, batch, steps, optimiser, label dropout, default guidance scale and NFE). In the
 # standard profile it is the recipe the course's bench measured to reach a good model fastest on a CPU;
 # the smoke profile runs the same code with a tiny model for a few steps.
 
@@ -55,12 +57,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tutorlib import metrics, plotting
+from tutorlib import plotting
 from tutorlib.data import load_mnist
 from tutorlib.device import get_device, profile, seed_everything
 from tutorlib.exercises import check, check_cfg_velocity, check_label_dropout
 from tutorlib.guidance import cfg_velocity, guided_velocity, zero_star_scale
-from tutorlib.judge import load_judge
+from tutorlib.judge import feature_spread, frechet_distance, judge_accuracy, load_judge
 from tutorlib.models import UNet, count_parameters
 from tutorlib.recipes import MNISTRecipe, mnist_fm_batches, mnist_fm_loss, sample_digits, train_mnist_fm
 from tutorlib.train import load_or_train
@@ -71,7 +73,7 @@ device = get_device()
 SEED = 0
 gen = seed_everything(SEED)
 P = profile()
-recipe = MNISTRecipe.for_profile(P)
+recipe = MNISTRecipe.from_profile(P)
 print(f"torch {torch.__version__} on {device}; profile {P.name!r}")
 print(recipe)
 
@@ -89,7 +91,7 @@ print(recipe)
 #
 # We hold out `n` test digits, the same number of each class, and generate every evaluation set for
 # exactly these labels. The cell also measures the within-class **feature spread** of the real digits
-# (`metrics.feature_spread`: the root-mean-square deviation of the judge's features from their class
+# (`feature_spread`: the root-mean-square deviation of the judge's features from their class
 # mean, per feature): section 6 compares generated digits with it.
 
 # %%
@@ -104,9 +106,9 @@ held_idx = torch.cat([torch.nonzero(test_y == d).flatten()[torch.randperm(int((t
 held_x, held_y = test_x[held_idx].to(device), test_y[held_idx].to(device)  # (n, 1, 28, 28), (n,)
 real_x = train_x[torch.randperm(train_x.shape[0], generator=gen)[:n_eval]].to(device)  # (n, 1, 28, 28)
 
-acc_real = metrics.judge_accuracy(held_x, held_y, judge)
-fd_floor = metrics.frechet_distance(real_x, held_x, judge)
-spread_real = metrics.feature_spread(held_x, held_y, judge)
+acc_real = judge_accuracy(held_x, held_y, judge)
+fd_floor = frechet_distance(real_x, held_x, judge)
+spread_real = feature_spread(held_x, held_y, judge)
 print(f"{train_x.shape[0]} training digits; {n_eval} held-out test digits ({per_class} per class)")
 print(f"judge accuracy on the held-out digits: {acc_real:.1%}")
 print(f"Fréchet distance, {n_eval} training vs {n_eval} held-out digits (the floor): {fd_floor:.2f}")
@@ -264,9 +266,9 @@ assert m_patch < 0.5 * m_unet and p_patch < p_unet and share_28["UNet"] > 0.4
 # recipe's settings: AdamW with a linear warm-up and a cosine decay of the learning rate, gradient
 # clipping, and an **exponential moving average (EMA)** of the weights, $\bar\theta \leftarrow d\,\bar\theta
 # + (1-d)\,\theta$ after every step with $d$ = `recipe.ema_decay`. The EMA averages out the last steps'
-# noise; we sample from the averaged weights. The run stops after `recipe.steps` steps or
-# `recipe.time_budget_s` seconds, whichever comes first (on a CPU, in the standard profile, the time
-# budget), and the cosine decay of the learning rate ends with whichever stops it.
+# noise; we sample from the averaged weights. The run takes `recipe.steps` steps (the profile's
+# `P.steps_mnist`), and the cosine decay of the learning rate ends with them: a number of steps, not
+# a time budget, so the same seed gives the same model on a fast machine and a slow one.
 #
 # `load_or_train` wraps the run: it looks for `fm_mnist_<profile>.pt`, loads it if its sha256 checks out
 # and its stored configuration equals ours (the whole recipe plus the seed and the number of training
@@ -292,9 +294,7 @@ if run.loaded:
     loss_fig = None
 else:
     hist = run.result
-    print(f"trained {len(hist.losses)} steps of {recipe.batch} digits in {hist.total_time_s:.0f} s "
-          f"({hist.steps_per_s:.1f} steps/s, stopped by {hist.stop_reason!r}); final loss {hist.final_loss:.4f}; "
-          f"saved to {run.path}")
+    print(f"trained on batches of {recipe.batch} digits: {hist.describe()}; saved to {run.path}")
     loss_fig = plotting.loss_curve(hist.steps, hist.losses, window=25, log_y=False,
                                    title="CFM training loss on MNIST (EMA weights are what we keep)")
 loss_fig
@@ -334,7 +334,7 @@ grid_labels = torch.arange(10).repeat(8)  # (80,): 0, 1, ..., 9 eight times: one
 start = time.perf_counter()
 digits = sample_digits(model, grid_labels, w=recipe.guidance, nfe=recipe.nfe, generator=gen)  # (80, 1, 28, 28)
 print(f"80 digits with {recipe.nfe} guided Euler steps in {time.perf_counter() - start:.1f} s; "
-      f"the judge reads {metrics.judge_accuracy(digits, grid_labels.to(device), judge):.0%} of them as their label")
+      f"the judge reads {judge_accuracy(digits, grid_labels.to(device), judge):.0%} of them as their label")
 plotting.image_grid(digits, nrow=10, labels=grid_labels,
                     title=f"generated digits, one class per column (w = {recipe.guidance}, {recipe.nfe} Euler steps)")
 
@@ -358,9 +358,9 @@ x0_eval = torch.randn((n_eval, 1, 28, 28), generator=gen).to(device)  # (n, 1, 2
 def evaluate(w, nfe, zero_star=False):
     """Judge accuracy, Fréchet distance and within-class spread of n digits generated for the held-out labels."""
     images = sample_digits(model, held_y, w=w, nfe=nfe, x_0=x0_eval, zero_star=zero_star)  # (n, 1, 28, 28)
-    return {"accuracy": metrics.judge_accuracy(images, held_y, judge),
-            "frechet": metrics.frechet_distance(images, held_x, judge),
-            "spread": metrics.feature_spread(images, held_y, judge)}
+    return {"accuracy": judge_accuracy(images, held_y, judge),
+            "frechet": frechet_distance(images, held_x, judge),
+            "spread": feature_spread(images, held_y, judge)}
 
 
 def show(label, r):
@@ -570,7 +570,7 @@ check(star_scale, zero_star_scale, _star_inputs, name="star_scale",
 
 # %% [markdown]
 # **Going further (no self-check).** Change the recipe in the setup cell, e.g.
-# `recipe = MNISTRecipe.for_profile(P).replace(time_sampling="logit_normal")` (training times concentrated
+# `recipe = MNISTRecipe.from_profile(P).replace(time_sampling="logit_normal")` (training times concentrated
 # in the middle of the path), `p_uncond=0.2`, or `steps=300` (an undertrained model, where CFG-Zero* was
 # designed to help), and compare the tables of section 6. The stored configuration then differs, so
 # `load_or_train` trains again and replaces `fm_mnist_<profile>.pt`; give the checkpoint another name to

@@ -67,16 +67,32 @@ def test_run_time_and_reference_parsing():
     assert course.match_paper("*Flow Matching*", papers) is None  # a prefix alone is not a match
 
 
+def test_importing_tutorlib_plotting_leaves_plotly_global_state_alone():
+    import subprocess
+
+    code = ("import plotly.io as pio; before = pio.renderers.default; import tutorlib.plotting, tutorlib.widgets; "
+            "assert pio.renderers.default == before, (before, pio.renderers.default); "
+            "assert 'tutorlib_book' not in pio.renderers")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
 def test_book_renderer_leaves_plotly_js_and_cdns_out():
     """The book's figures load plotly.js from the site (book/_ext/course_book.py), not inline or from a CDN."""
     import plotly.graph_objects as go
     import plotly.io as pio
 
+    import runpy
+
     from tutorlib import plotting
 
-    assert course.BOOK_PLOTLY_RENDERER == plotting.BOOK_RENDERER
+    default = pio.renderers.default
+    try:
+        startup = runpy.run_path(str(course.kernel_ipython_dir() / "profile_default" / "startup" / "00-course-book.py"))
+        assert pio.renderers.default == startup["BOOK_RENDERER"] == "tutorlib_book"
+    finally:
+        pio.renderers.default = default
     fig = plotting.time_slider({0.0: torch.zeros(3, 2), 1.0: torch.ones(3, 2)})
-    bundle = pio.renderers[plotting.BOOK_RENDERER].to_mimebundle(fig.to_dict())
+    bundle = pio.renderers["tutorlib_book"].to_mimebundle(fig.to_dict())
     html = bundle["text/html"]
     assert "Plotly.newPlot" in html and "addFrames" in html
     assert "http" not in html.replace("http://www.w3.org", ""), "the figure refers to another host"

@@ -57,8 +57,15 @@ def test_profile_default_and_names(monkeypatch):
 
 def test_profiles_scale_monotonically():
     s, m, f = (dev.PROFILES[k] for k in ("smoke", "standard", "full"))
-    for field in ("steps_2d", "batch_2d", "n_eval_2d", "steps_mnist", "unet_channels", "time_budget_s"):
+    for field in ("steps_2d", "batch_2d", "n_eval_2d", "steps_mnist", "unet_channels"):
         assert getattr(s, field) < getattr(m, field) <= getattr(f, field), field
+
+
+def test_profiles_hold_sizes_not_clocks():
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(dev.Profile)}
+    assert not any("time" in n or "budget" in n for n in names), names
 
 
 def test_unknown_profile_lists_valid_ones(monkeypatch):

@@ -156,7 +156,7 @@ def test_path_marginal_takes_the_data_token_with_probability_kappa(source, sched
     K, n = 7, 100_000
     path = MixturePath(scheduler, source, K)
     x_1 = torch.randint(K, (n, 2), generator=gen(1))
-    x_0 = path.sample_source((n, 2), gen(2)) if source == "mask" else (x_1 + 1) % K
+    x_0 = path.sample_source((n, 2), generator=gen(2)) if source == "mask" else (x_1 + 1) % K
     for t in (0.0, 0.1, 0.5, 0.8, 1.0):
         s = path.sample(x_0, x_1, torch.full((n,), t), generator=gen(3))
         kappa = float(scheduler(torch.tensor(t, dtype=F64)).alpha_t)
@@ -180,7 +180,7 @@ def test_path_sample_checks_shapes_and_tokens():
         path.sample(x_0 + 1, x_1, torch.rand(4))
     with pytest.raises(ValueError, match="integer"):
         path.sample(x_0, x_1.float(), torch.rand(4))
-    with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"t must be a scalar or have shape \(4,\)"):
         path.sample(x_0, x_1, torch.rand(3))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         path.sample(x_0, x_1, torch.full((4,), 1.5))
@@ -242,7 +242,7 @@ def test_tabular_posterior_matches_the_brute_force_joint_for_three_tokens(source
     table /= table.sum()
     x_1 = torch.randint(K, (40, 3), generator=gen(1))
     t = torch.rand(40, generator=gen(2), dtype=F64) * 0.98 + 0.01
-    x_t = path.sample(path.sample_source((40, 3), gen(3)), x_1, t, generator=gen(4)).x_t
+    x_t = path.sample(path.sample_source((40, 3), generator=gen(3)), x_1, t, generator=gen(4)).x_t
     kappa = (t**2)[:, None, None]
     if source == "mask":
         hit = torch.nn.functional.one_hot(x_t.clamp(max=K - 1), K)  # (B, 3, K)
@@ -268,7 +268,7 @@ def test_loss_is_the_cross_entropy_of_the_posterior_at_the_data(source):
     path = MixturePath(CondOTScheduler(), source, K)
     x_1 = torch.multinomial(table.flatten(), n, replacement=True, generator=gen(0))
     x_1 = torch.stack([x_1 // K, x_1 % K], 1)  # (n, 2)
-    x_0 = path.sample_source((n, 2), gen(1))
+    x_0 = path.sample_source((n, 2), generator=gen(1))
     t = torch.rand(n, generator=gen(2), dtype=F64)
     loss = discrete_loss(exact_fn(table, path), path, x_0, x_1, t, generator=gen(3))
     x_t = path.sample(x_0, x_1, t, generator=gen(3)).x_t
@@ -295,7 +295,7 @@ def test_loss_is_the_cross_entropy_of_the_posterior_at_the_data(source):
 
 def test_loss_errors():
     path = MixturePath(CondOTScheduler(), "uniform", 4)
-    x_0, x_1 = path.sample_source((8, 2), gen(0)), torch.randint(4, (8, 2))
+    x_0, x_1 = path.sample_source((8, 2), generator=gen(0)), torch.randint(4, (8, 2))
     with pytest.raises(ValueError, match="logits of shape"):
         discrete_loss(lambda x, t: torch.zeros(8, 2, 5), path, x_0, x_1, torch.rand(8))
     with pytest.raises(ValueError, match="masked_only"):
@@ -334,15 +334,15 @@ def test_last_euler_step_always_takes_the_posterior_draw(source):
     K, n = 4, 100_000
     path = MixturePath(PolynomialScheduler(2.0), source, K)
     posterior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
-    x_0 = path.sample_source((n, 1), gen(0))
+    x_0 = path.sample_source((n, 1), generator=gen(0))
     model = lambda x, t: posterior.log().expand(*x.shape, K)  # noqa: E731
     for steps in (1, 2):
-        sol = discrete_euler(model, path, x_0, steps, gen(steps), return_trajectory=True)
+        sol = discrete_euler(model, path, x_0, steps=steps, generator=gen(steps), return_trajectory=True)
         if source == "mask":
             start = sol.trajectory[-2, :, 0] == K  # still masked before the last step
         else:
             start = torch.ones(n, dtype=torch.bool)
-        law = torch.bincount(sol.tokens[start, 0], minlength=K).to(F64) / int(start.sum())
+        law = torch.bincount(sol.x[start, 0], minlength=K).to(F64) / int(start.sum())
         assert float((law - posterior).abs().max()) < 0.01
 
 
@@ -363,7 +363,7 @@ def test_single_interior_euler_step_has_law_delta_plus_h_u(source):
         return posterior.log().expand(*x.shape, K)
 
     x_0 = torch.full((n, 1), start)
-    sol = discrete_euler(model, path, x_0, 10, gen(1), return_trajectory=True)
+    sol = discrete_euler(model, path, x_0, steps=10, generator=gen(1), return_trajectory=True)
     x_02, x_03 = sol.trajectory[2, :, 0], sol.trajectory[3, :, 0]
     assert torch.equal(seen["x"][:, 0], x_03)
     keep = x_02 == start
@@ -385,11 +385,11 @@ def test_euler_with_the_exact_posterior_reproduces_independent_data(source, step
     p, table = independent_table()
     K, n = p.shape[1], 40_000
     path = MixturePath(CondOTScheduler(), source, K)
-    x_0 = path.sample_source((n, 2), gen(0))
-    sol = discrete_euler(exact_fn(table, path), path, x_0, steps, gen(1))
+    x_0 = path.sample_source((n, 2), generator=gen(0))
+    sol = discrete_euler(exact_fn(table, path), path, x_0, steps=steps, generator=gen(1))
     assert isinstance(sol, DiscreteSolution) and sol.nfe == steps and sol.trajectory is None
-    assert sol.tokens.shape == (n, 2) and int(sol.tokens.max()) < K  # nothing left masked
-    assert tv(joint_law(sol.tokens, K), table) < 0.02  # E[TV] ~ 0.01 at n = 40k, 25 cells
+    assert sol.x.shape == (n, 2) and int(sol.x.max()) < K  # nothing left masked
+    assert tv(joint_law(sol.x, K), table) < 0.02  # E[TV] ~ 0.01 at n = 40k, 25 cells
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -397,8 +397,8 @@ def test_euler_with_a_polynomial_scheduler_reproduces_independent_data(source):
     p, table = independent_table()
     K, n = p.shape[1], 40_000
     path = MixturePath(PolynomialScheduler(2.0), source, K)
-    sol = discrete_euler(exact_fn(table, path), path, path.sample_source((n, 2), gen(0)), 20, gen(1))
-    assert tv(joint_law(sol.tokens, K), table) < 0.02
+    sol = discrete_euler(exact_fn(table, path), path, path.sample_source((n, 2), generator=gen(0)), steps=20, generator=gen(1))
+    assert tv(joint_law(sol.x, K), table) < 0.02
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4, 100])
@@ -410,8 +410,8 @@ def test_masked_euler_on_dependent_tokens_mixes_joint_and_product_exactly(steps)
     product = torch.outer(table.sum(1), table.sum(0))
     assert tv(table, product) > 0.5  # the two laws are far apart
     path = MixturePath(CondOTScheduler(), "mask", K)
-    sol = discrete_euler(exact_fn(table, path), path, path.sample_source((n, 2)), steps, gen(steps))
-    law = joint_law(sol.tokens, K)
+    sol = discrete_euler(exact_fn(table, path), path, path.sample_source((n, 2)), steps=steps, generator=gen(steps))
+    law = joint_law(sol.x, K)
     assert tv(law, (1 - 1 / steps) * table + product / steps) < 0.015
 
 
@@ -419,8 +419,8 @@ def test_uniform_euler_on_dependent_tokens_converges_with_steps():
     table = correlated_table()
     K, n = table.shape[0], 40_000
     path = MixturePath(CondOTScheduler(), "uniform", K)
-    x_0 = path.sample_source((n, 2), gen(0))
-    errors = {N: tv(joint_law(discrete_euler(exact_fn(table, path), path, x_0, N, gen(N)).tokens, K), table)
+    x_0 = path.sample_source((n, 2), generator=gen(0))
+    errors = {N: tv(joint_law(discrete_euler(exact_fn(table, path), path, x_0, steps=N, generator=gen(N)).x, K), table)
               for N in (1, 200)}
     assert errors[1] > 0.5 and errors[200] < 0.02, errors
 
@@ -430,10 +430,10 @@ def test_euler_trajectory_generator_and_errors():
     K = p.shape[1]
     path = MixturePath(CondOTScheduler(), "mask", K)
     x_0 = path.sample_source((500, 2))
-    a = discrete_euler(exact_fn(table, path), path, x_0, 5, gen(7), return_trajectory=True)
-    b = discrete_euler(exact_fn(table, path), path, x_0, 5, gen(7))
-    assert torch.equal(a.tokens, b.tokens)  # reproducible under a generator
-    assert a.trajectory.shape == (6, 500, 2) and torch.equal(a.trajectory[-1], a.tokens)
+    a = discrete_euler(exact_fn(table, path), path, x_0, steps=5, generator=gen(7), return_trajectory=True)
+    b = discrete_euler(exact_fn(table, path), path, x_0, steps=5, generator=gen(7))
+    assert torch.equal(a.x, b.x)  # reproducible under a generator
+    assert a.trajectory.shape == (6, 500, 2) and torch.equal(a.trajectory[-1], a.x)
     assert torch.equal(a.trajectory[0], x_0)
     torch.testing.assert_close(a.times, torch.linspace(0, 1, 6))
     masked = (a.trajectory == K).to(F64).mean((1, 2))  # fraction still masked at t_k: 1 - t_k
@@ -442,11 +442,11 @@ def test_euler_trajectory_generator_and_errors():
     revealed = a.trajectory[:-1] != K
     assert bool((a.trajectory[1:][revealed] == a.trajectory[:-1][revealed]).all())
     with pytest.raises(ValueError, match="steps"):
-        discrete_euler(exact_fn(table, path), path, x_0, 0)
+        discrete_euler(exact_fn(table, path), path, x_0, steps=0)
     with pytest.raises(ValueError, match="x_0 must lie"):
-        discrete_euler(exact_fn(table, path), path, x_0 + 1, 2)
+        discrete_euler(exact_fn(table, path), path, x_0 + 1, steps=2)
     with pytest.raises(ValueError, match="logits must have shape"):
-        discrete_euler(lambda x, t: torch.zeros(*x.shape, K + 1), path, x_0, 2)
+        discrete_euler(lambda x, t: torch.zeros(*x.shape, K + 1), path, x_0, steps=2)
 
 
 def test_masked_source_keeps_revealed_tokens_whatever_the_model_says():
@@ -461,7 +461,7 @@ def test_masked_source_keeps_revealed_tokens_whatever_the_model_says():
     torch.testing.assert_close(probs[1, 0], torch.eye(K)[3])
     unif = MixturePath(CondOTScheduler(), "uniform", K)
     torch.testing.assert_close(unif.posterior_probs(logits, x_t.clamp(max=K - 1)), torch.full((2, 2, K), 1 / K))
-    sol = discrete_euler(lambda x, t: torch.zeros(*x.shape, K), path, path.sample_source((2000, 3)), 8, gen(0),
+    sol = discrete_euler(lambda x, t: torch.zeros(*x.shape, K), path, path.sample_source((2000, 3)), steps=8, generator=gen(0),
                          return_trajectory=True)
     revealed = sol.trajectory[:-1] != K
     assert bool((sol.trajectory[1:][revealed] == sol.trajectory[:-1][revealed]).all())
@@ -491,7 +491,7 @@ def test_posterior_mlp_learns_the_posterior_of_independent_tokens(source):
     path = MixturePath(CondOTScheduler(), source, K)
     torch.manual_seed(0)
     model = PosteriorMLP.for_path(path, 2, hidden=32, depth=1)
-    assert model(path.sample_source((3, 2), gen(0)), torch.rand(3)).shape == (3, 2, K)
+    assert model(path.sample_source((3, 2), generator=gen(0)), torch.rand(3)).shape == (3, 2, K)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = gen(1)
     flat = table.flatten()
@@ -499,7 +499,7 @@ def test_posterior_mlp_learns_the_posterior_of_independent_tokens(source):
     for step in range(150):
         idx = torch.multinomial(flat, B, replacement=True, generator=g)
         x_1 = torch.stack([idx // K, idx % K], 1)
-        x_0, t = path.sample_source((B, 2), g), torch.rand(B, generator=g)
+        x_0, t = path.sample_source((B, 2), generator=g), torch.rand(B, generator=g)
         state = g.get_state()
         loss = discrete_loss(model, path, x_0, x_1, t, generator=g)
         opt.zero_grad()

@@ -14,17 +14,16 @@ import pytest
 import torch
 
 from tutorlib.exercises import check_guided_velocity
+from tutorlib.data import LabelledBatch, labelled_batches
+from tutorlib.metrics import within_class_spread
 from tutorlib.guidance import (
-    LabelledBatch,
     cfg_velocity,
     classifier_guided_velocity,
     classifier_log_prob_grad,
     classifier_loss,
     drop_labels,
     guided_velocity,
-    labelled_batches,
     score_velocity_coefficient,
-    within_class_spread,
     zero_star_scale,
     zero_star_velocity,
 )

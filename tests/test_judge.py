@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tutorlib.judge import JUDGE_SHA256, Judge, judge_path, load_judge
-from tutorlib.metrics import feature_spread, frechet_distance, judge_accuracy, label_entropy
+from tutorlib.judge import feature_spread, frechet_distance, judge_accuracy, label_entropy
 from tutorlib.train import file_sha256
 
 

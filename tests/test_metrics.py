@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
+from tutorlib.data import gmm_log_prob
 from tutorlib.metrics import (
     NoiseFloor,
     curvature,
     energy_distance,
     frechet_distance_features,
-    gmm_log_prob,
     mmd_rbf,
     noise_floor,
     straightness,
@@ -56,19 +56,19 @@ def test_mmd_closed_form_two_points():
 
 def test_noise_floor_shrinks_with_n_and_ratio():
     g = torch.Generator().manual_seed(0)
-    small = noise_floor(_sampler, 100, energy_distance, g, repeats=6)
-    large = noise_floor(_sampler, 800, energy_distance, g, repeats=6)
+    small = noise_floor(_sampler, 100, energy_distance, generator=g, repeats=6)
+    large = noise_floor(_sampler, 800, energy_distance, generator=g, repeats=6)
     assert isinstance(small, NoiseFloor) and len(small.values) == 6 and small.n == 100
     assert large.mean < 0.3 * small.mean  # V-statistic bias ~ 1/n
     model_score = float(energy_distance(_sampler(800, g), _sampler(800, g) + 0.5))
     assert large.ratio(model_score) > 5
-    mmd_floor = noise_floor(_sampler, 200, mmd_rbf, g, repeats=3)
+    mmd_floor = noise_floor(_sampler, 200, mmd_rbf, generator=g, repeats=3)
     assert mmd_floor.mean > 0 and mmd_floor.std >= 0
 
 
 def test_noise_floor_reproducible_with_generator():
-    a = noise_floor(_sampler, 50, energy_distance, torch.Generator().manual_seed(3), repeats=2)
-    b = noise_floor(_sampler, 50, energy_distance, torch.Generator().manual_seed(3), repeats=2)
+    a = noise_floor(_sampler, 50, energy_distance, generator=torch.Generator().manual_seed(3), repeats=2)
+    b = noise_floor(_sampler, 50, energy_distance, generator=torch.Generator().manual_seed(3), repeats=2)
     assert a.values == b.values
 
 

@@ -190,4 +190,6 @@ def test_data_dir_override(monkeypatch, tmp_path):
     monkeypatch.setenv("TUTORLIB_DATA_DIR", str(tmp_path))
     assert mnist.mnist_dir() == tmp_path / "mnist"
     monkeypatch.delenv("TUTORLIB_DATA_DIR")
-    assert mnist.data_dir().name == "data"
+    from tutorlib.files import data_dir
+
+    assert data_dir().name == "data"

@@ -45,14 +45,16 @@ def test_patch_unet_pixels_see_their_patch_and_neighbours_only_through_convoluti
     assert grad[0, 0] and grad[27, 27]  # the receptive field covers the image (7x7 level)
 
 
-def test_recipe_for_profile():
-    std = MNISTRecipe.for_profile(profile("standard"))
-    assert std == MNISTRecipe() and std.time_budget_s == 600.0 and std.base_channels == 32
-    P = profile("smoke")
-    smoke = MNISTRecipe.for_profile(P)
-    assert (smoke.base_channels, smoke.batch, smoke.steps) == (P.unet_channels, P.batch_mnist, P.steps_mnist)
+def test_recipe_from_profile_reads_its_sizes_from_the_profile():
+    std = MNISTRecipe.from_profile(profile("standard"))
+    assert std == MNISTRecipe() and std.steps == 3000 and std.base_channels == 32  # the defaults are standard's
+    for name in ("smoke", "standard", "full"):
+        P = profile(name)
+        r = MNISTRecipe.from_profile(P)
+        assert (r.base_channels, r.batch, r.steps) == (P.unet_channels, P.batch_mnist, P.steps_mnist), name
     cfg = std.train_config(progress=False)
-    assert cfg.cosine_decay and cfg.time_budget_s == 600.0 and cfg.lr == std.lr and cfg.ema_decay == std.ema_decay
+    assert cfg.cosine_decay and cfg.time_budget_s is None and cfg.steps == std.steps
+    assert cfg.lr == std.lr and cfg.ema_decay == std.ema_decay
     assert std.replace(batch=4).batch == 4
 
 
@@ -79,7 +81,7 @@ def test_batches_shapes_dropout_and_times():
 
 def test_train_and_sample_end_to_end_tiny():
     images, labels = _fake_mnist(64)
-    recipe = MNISTRecipe(base_channels=8, batch=8, steps=5, warmup_steps=2, time_budget_s=None)
+    recipe = MNISTRecipe(base_channels=8, batch=8, steps=5, warmup_steps=2)
     state = torch.random.get_rng_state()
     model, hist = train_mnist_fm(recipe, images, labels, seed=0, progress=False)
     assert torch.equal(torch.random.get_rng_state(), state)  # seeded from its own generators only
@@ -99,12 +101,11 @@ def test_train_and_sample_end_to_end_tiny():
 def test_shipped_mnist_checkpoint_loads_and_draws_digits_the_judge_reads():
     """Lesson 09's standard-profile model (data/checkpoints/fm_mnist_standard.pt): verified, and good."""
     from tutorlib.checkpoints import load_checkpoint, shipped_checkpoint_dir
-    from tutorlib.judge import load_judge
-    from tutorlib.metrics import judge_accuracy
+    from tutorlib.judge import judge_accuracy, load_judge
 
     path = shipped_checkpoint_dir() / "fm_mnist_standard.pt"
     assert path.is_file(), "the shipped lesson-09 checkpoint is missing (see data/checkpoints/README.md)"
-    recipe = MNISTRecipe.for_profile(profile("standard"))
+    recipe = MNISTRecipe.from_profile(profile("standard"))
     model = recipe.build_model()
     ckpt = load_checkpoint(path)  # checks the sha256 sidecar
     model.load_state_dict(ckpt["state_dict"])

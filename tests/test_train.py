@@ -89,12 +89,64 @@ def test_inf_loss_is_detected_on_last_step():
         train(nn.Linear(2, 1), loss, sampler, QUIET.replace(steps=5, check_every=100))
 
 
-def test_time_budget_stops_training():
+def test_time_budget_stops_training_and_says_so():
     x, y, g = _regression()
     cfg = QUIET.replace(steps=10**7, time_budget_s=0.3)
-    hist = train(nn.Linear(2, 1), _mse, batch_sampler(x, y, batch_size=8, generator=g), cfg)
+    with pytest.warns(UserWarning, match="time budget"):
+        hist = train(nn.Linear(2, 1), _mse, batch_sampler(x, y, batch_size=8, generator=g), cfg)
     assert hist.stop_reason == "time_budget"
-    assert 0 < len(hist.losses) < 10**7 and hist.total_time_s < 5.0
+    assert 0 < hist.steps_done < 10**7 and hist.total_time_s < 5.0
+    assert not hist.complete and hist.steps_requested == 10**7
+    assert hist.summary()["complete"] is False and "STOPPED EARLY" in hist.describe()
+
+
+def _seeded_run(slow: bool):
+    """One config and seed; ``slow`` sleeps inside every step (a slower or busier machine)."""
+    import time
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 16), nn.SiLU(), nn.Linear(16, 1))
+    x, y, g = _regression(1)
+
+    def loss(m, batch):
+        if slow:
+            time.sleep(0.002)
+        return _mse(m, batch)
+
+    cfg = TrainConfig(steps=120, lr=1e-2, warmup_steps=10, cosine_decay=True, min_lr_ratio=0.1, ema_decay=0.9,
+                      progress=False, check_every=7)
+    hist = train(model, loss, batch_sampler(x, y, batch_size=16, generator=g), cfg)
+    return hist
+
+
+def test_same_seed_same_model_on_a_slow_machine():
+    """Training length and learning rate depend on the step alone: a slow run gives the same bits."""
+    fast, slow = _seeded_run(False), _seeded_run(True)
+    assert slow.total_time_s > fast.total_time_s  # the slow run really was slower
+    assert fast.complete and slow.complete and fast.lrs == slow.lrs
+    for (name, a), b in zip(fast.model.state_dict().items(), slow.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    for a, b in zip(fast.ema.model.state_dict().values(), slow.ema.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_load_or_train_never_loads_a_run_cut_short(tmp_path):
+    calls = []
+
+    def train_fn(model, budget):
+        calls.append(budget)
+        x, y, g = _regression()
+        cfg = QUIET.replace(steps=10**6 if budget else 20, time_budget_s=budget)
+        return train(model, _mse, batch_sampler(x, y, batch_size=8, generator=g), cfg)
+
+    with pytest.warns(UserWarning, match="time budget"):
+        first = load_or_train("cut", lambda m: train_fn(m, 0.2), model=nn.Linear(2, 1), directory=tmp_path)
+    assert not first.loaded and first.metadata["history"]["complete"] is False
+    with pytest.warns(UserWarning, match=r"stopped after \d+ of 1000000 steps"):
+        second = load_or_train("cut", lambda m: train_fn(m, None), model=nn.Linear(2, 1), directory=tmp_path)
+    assert not second.loaded and calls == [0.2, None]
+    third = load_or_train("cut", lambda m: train_fn(m, None), model=nn.Linear(2, 1), directory=tmp_path)
+    assert third.loaded and calls == [0.2, None]
 
 
 def test_ema_math():
@@ -136,9 +188,11 @@ def test_lr_schedule_warmup_and_cosine():
 
 
 def test_profile_configs():
-    P = profile("smoke")
-    assert TrainConfig.for_2d(P).steps == P.steps_2d and TrainConfig.for_2d(P).time_budget_s == P.time_budget_s
-    assert TrainConfig.for_mnist(P).steps == P.steps_mnist
+    for name in ("smoke", "standard", "full"):
+        P = profile(name)
+        cfg = TrainConfig.from_profile(P)
+        assert cfg.steps == P.steps_2d and cfg.time_budget_s is None  # steps, never a clock
+        assert cfg.warmup_steps == min(200, P.steps_2d // 10) and cfg.lr == 3e-3
 
 
 def _trainer(calls):
@@ -324,13 +378,12 @@ def test_train_accepts_a_prefetcher_and_gives_the_same_history():
     assert run(True) == run(False)
 
 
-def test_lr_cosine_follows_the_time_budget_when_time_runs_out_first():
-    cfg = TrainConfig(steps=1000, lr=1.0, warmup_steps=10, cosine_decay=True, min_lr_ratio=0.0, time_budget_s=100.0)
-    # step 100 of 1000 is 9 % of the steps, but 50 s of 100 s is half the budget: the time decides
-    assert lr_at(100, cfg, elapsed_s=50.0) == pytest.approx(0.5)
-    assert lr_at(100, cfg, elapsed_s=100.0) == pytest.approx(0.0, abs=1e-12)
-    # early in time, the step fraction decides; without elapsed_s, only steps count
-    assert lr_at(505, cfg, elapsed_s=1.0) == pytest.approx(0.5)
-    assert lr_at(100, cfg) == lr_at(100, cfg, elapsed_s=0.0)
-    # warm-up is counted in steps, whatever the clock says
-    assert lr_at(4, cfg, elapsed_s=90.0) == pytest.approx(0.5)
+def test_lr_is_a_function_of_the_step_alone():
+    import inspect
+
+    assert list(inspect.signature(lr_at).parameters) == ["step", "config"]
+    cfg = TrainConfig(steps=1000, lr=1.0, warmup_steps=10, cosine_decay=True, min_lr_ratio=0.0, time_budget_s=1.0)
+    assert lr_at(505, cfg) == pytest.approx(0.5)  # a time budget does not bend the schedule
+    assert lr_at(1000, cfg) == pytest.approx(0.0, abs=1e-12) and lr_at(5000, cfg) == pytest.approx(0.0, abs=1e-12)
+
+

@@ -7,10 +7,8 @@ atomically. :mod:`tutorlib.train` re-exports these names for convenience.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -20,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tutorlib.mnist import data_dir
+from tutorlib.files import atomic_write, data_dir, file_sha256
 
 __all__ = [
     "LoadOrTrain",
@@ -55,34 +53,6 @@ def checkpoint_dirs() -> list[Path]:
     return out
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temporary file in the same folder, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
     """Save ``{"state_dict", "metadata"}`` atomically and write the sidecar ``<name>.sha256``.
 
@@ -97,9 +67,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[st
     path = Path(path)
     meta = json.loads(json.dumps(metadata or {}, default=str))  # plain types only: loads with weights_only
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta}
-    _atomic_write(path, lambda f: torch.save(payload, f))
+    atomic_write(path, lambda f: torch.save(payload, f))
     digest = file_sha256(path)
-    _atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
     return digest
 
 
@@ -196,6 +166,13 @@ def load_or_train(
                 warnings.warn(f"{err}; ignoring it and training {name!r} instead.", stacklevel=2)
                 continue
             meta = ckpt.get("metadata", {})
+            history = meta.get("history") or {}
+            if history.get("complete") is False:
+                warnings.warn(
+                    f"checkpoint {path} stopped after {history.get('steps_done')} of {history.get('steps_requested')} "
+                    f"steps ({history.get('stop_reason')}): not the model its config defines; training {name!r} "
+                    "instead.", stacklevel=2)
+                continue
             if config_plain is not None and meta.get("config") != config_plain:
                 warnings.warn(
                     f"checkpoint {path} was made with config {meta.get('config')} but {config_plain} was asked for; "

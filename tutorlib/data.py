@@ -17,8 +17,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import Tensor
 
-from tutorlib.mnist import load_mnist, mnist_dir  # re-exported: lessons import from tutorlib.data
+
+
+
+def __getattr__(name: str):
+    """``data.load_mnist`` and ``data.mnist_dir`` come from :mod:`tutorlib.mnist`, imported on first use
+    (the toy samplers need nothing of the downloader)."""
+    if name in ("load_mnist", "mnist_dir"):
+        from tutorlib import mnist
+
+        return getattr(mnist, name)
+    raise AttributeError(f"module 'tutorlib.data' has no attribute {name!r}")
+
 
 __all__ = [
     "TOY_DATASETS",
@@ -26,9 +38,11 @@ __all__ = [
     "checkerboard",
     "circles",
     "eight_gaussians",
+    "LabelledBatch",
     "gaussian",
-    "load_mnist",
-    "mnist_dir",
+    "gmm_component_log_probs",
+    "gmm_log_prob",
+    "labelled_batches",
     "moons",
     "pinwheel",
     "rings",
@@ -173,7 +187,7 @@ def _lookup(name: str) -> ToyDataset:
 
 
 def sample_labelled(
-    name: str, n: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    name: str, n: int, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples of a toy dataset with their class ids (lesson 08, guidance).
 
@@ -193,11 +207,11 @@ def sample_labelled(
 
 
 def toy_sampler(name: str) -> Callable[..., torch.Tensor]:
-    """The unlabelled sampler ``(n, generator=None, device=None) -> (n, 2)`` for ``name``."""
+    """The unlabelled sampler ``(n, *, generator=None, device=None) -> (n, 2)`` for ``name``."""
     ds = _lookup(name)
 
-    def sampler(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-        return sample_labelled(ds.name, n, generator, device)[0]
+    def sampler(n: int, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        return sample_labelled(ds.name, n, generator=generator, device=device)[0]
 
     sampler.__name__ = ds.name
     sampler.__doc__ = f"Draw ``n`` points ``(n, 2)`` float32 from the {ds.name} toy distribution."
@@ -216,7 +230,117 @@ rings = toy_sampler("rings")
 
 
 def gaussian(
-    n: int, dim: int = 2, generator: torch.Generator | None = None, device: torch.device | str | None = None
+    n: int, dim: int = 2, *, generator: torch.Generator | None = None, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """The standard Gaussian source ``x_0 ~ N(0, I)``: ``(n, dim)`` float32."""
     return torch.randn(_check_n(n), dim, generator=generator).to(device)
+
+
+# --------------------------------------------------------------------------------------
+# Labelled batches (lesson 08): data, noise, times and class ids in one draw
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledBatch:
+    """One training batch of labelled data with its noise and times (:func:`labelled_batches`)."""
+
+    x_0: Tensor  # (B, 2) source noise N(0, I)
+    x_1: Tensor  # (B, 2) data
+    t: Tensor  # (B,) times, uniform on [0, 1]
+    y: Tensor  # (B,) int64 class ids of x_1
+
+
+def labelled_batches(name: str, batch_size: int, *, generator: torch.Generator | None = None,
+                     device: torch.device | str | None = None) -> Callable[[int], LabelledBatch]:
+    """A sampler ``step -> LabelledBatch`` of a labelled toy dataset, for :func:`tutorlib.train.train`.
+
+    Fresh data (:func:`sample_labelled`), noise and times every step, all drawn
+    from ``generator`` on the CPU and moved to ``device``. Use it for the class-conditional
+    model (``cfm_loss(m, path, b.x_0, b.x_1, b.t, y=drop_labels(b.y, p, m.null_class))``) and the
+    noisy classifier (``classifier_loss(c, path, b.x_1, b.y, b.t, b.x_0)``).
+
+    Args:
+        name: a key of :data:`TOY_DATASETS`.
+        batch_size: rows per batch.
+        generator: CPU generator of every draw.
+        device: where the batch goes.
+
+    Returns:
+        ``sampler(step) -> LabelledBatch``.
+    """
+    _lookup(name)  # an unknown name fails here, with the valid ones
+
+    def sampler(step: int) -> LabelledBatch:
+        x_1, y = sample_labelled(name, batch_size, generator=generator)  # (B, 2), (B,)
+        x_0 = torch.randn(x_1.shape, generator=generator)  # (B, 2)
+        t = torch.rand(batch_size, generator=generator)  # (B,)
+        return LabelledBatch(x_0=x_0.to(device), x_1=x_1.to(device), t=t.to(device), y=y.to(device))
+
+    return sampler
+
+
+# --------------------------------------------------------------------------------------
+# Exact log-density of Gaussian mixtures (the one implementation; paths and lessons use it)
+# --------------------------------------------------------------------------------------
+
+
+def gmm_component_log_probs(
+    x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor | float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``log w_k + log N(x; mu_k, diag(s_k^2))`` for every point and component: ``(B, K)``.
+
+    The components may be shared by the batch (``means (K, D)``; ``stds`` a float, ``(K,)`` isotropic or
+    ``(K, D)`` diagonal) or differ per point (``means (B, K, D)``; ``stds`` a float, ``(B, K)`` or
+    ``(B, K, D)``), as the marginal ``p_t`` of a mixture does when every point has its own time
+    (:func:`tutorlib.paths.gmm_marginal_log_prob`).
+
+    Args:
+        x: points ``(B, D)``.
+        means: component means ``(K, D)`` or ``(B, K, D)``.
+        stds: standard deviations, shapes as above.
+        weights: mixture weights ``(K,)``, positive (normalised here); ``None`` means uniform.
+
+    Returns:
+        ``(B, K)`` joint log-densities in ``x``'s dtype; their ``logsumexp`` over ``K`` is ``log p(x)``.
+    """
+    means = torch.as_tensor(means, dtype=x.dtype, device=x.device)
+    per_point = means.dim() == 3
+    if means.dim() not in (2, 3) or means.shape[-1] != x.shape[-1]:
+        raise ValueError(f"means must be (K, D) or (B, K, D) with D = {x.shape[-1]}, got {tuple(means.shape)}")
+    K, D = means.shape[-2], means.shape[-1]
+    stds = torch.as_tensor(stds, dtype=x.dtype, device=x.device)
+    if stds.dim() == 0 or stds.dim() == means.dim() - 1:  # a float, (K,) or (B, K): isotropic
+        stds = stds[..., None]
+    stds = stds if per_point else stds[None]  # (1 or B, K, 1 or D)
+    mu = means if per_point else means[None]  # (1 or B, K, D)
+    if weights is None:
+        log_w = torch.full((K,), -math.log(K), dtype=x.dtype, device=x.device)
+    else:
+        log_w = torch.log(torch.as_tensor(weights, dtype=x.dtype, device=x.device).reshape(K))
+        log_w = log_w - torch.logsumexp(log_w, 0)  # (K,) normalised
+    z = (x[:, None, :] - mu) / stds  # (B, K, D)
+    log_det = torch.log(stds).expand(*stds.shape[:-1], D).sum(-1)  # (1 or B, K)
+    return log_w - 0.5 * z.square().sum(-1) - log_det - 0.5 * D * math.log(2 * math.pi)  # (B, K)
+
+
+def gmm_log_prob(
+    x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor | float, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Exact log-density of a Gaussian mixture with isotropic or diagonal components.
+
+    ``log p(x) = logsumexp_k [ log w_k + sum_d log N(x_d; mu_kd, s_kd^2) ]``.
+    The course's mixtures (eight Gaussians, 25 Gaussians) have known ``means``, ``stds``,
+    ``weights``; ``-gmm_log_prob(samples).mean()`` is the exact cross-entropy of model samples
+    under the data density, and ``-gmm_log_prob(data).mean()`` its entropy (lessons 02, 03).
+
+    Args:
+        x: points ``(B, D)``.
+        means: component means ``(K, D)`` (or per point, see :func:`gmm_component_log_probs`).
+        stds: a float, ``(K,)`` (isotropic) or ``(K, D)`` (diagonal) standard deviations.
+        weights: mixture weights ``(K,)`` (normalised here); ``None`` means uniform.
+
+    Returns:
+        ``(B,)`` log-densities, in x's dtype.
+    """
+    return torch.logsumexp(gmm_component_log_probs(x, means, stds, weights), dim=1)  # (B,)

@@ -31,7 +31,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from tutorlib.paths import AffinePath, expand_t, randn_like
+from tutorlib.paths import AffinePath, randn_like
+from tutorlib.utils import expand_t
 from tutorlib.schedulers import VPScheduler
 
 __all__ = [

@@ -125,9 +125,11 @@ def set_threads(n: int | None = None) -> int:
 
 @dataclass(frozen=True)
 class Profile:
-    """Run sizes for one profile. Lessons read sizes from here and nowhere else.
+    """Run sizes for one profile. Lessons, recipes and model constructors read sizes from here and
+    nowhere else (``TimeMLP.from_profile``, ``TrainConfig.from_profile``, ``MNISTRecipe.from_profile``).
 
-    The same code runs in every profile; only these numbers change.
+    The same code runs in every profile; only these numbers change. Training lengths are step
+    counts, never time budgets, so one seed gives one model on every machine.
     """
 
     name: str  # "smoke", "standard" or "full"
@@ -139,12 +141,10 @@ class Profile:
     n_eval_2d: int  # samples drawn for 2D metrics and plots
     # --- MNIST ---
     mnist_limit: int | None  # training images used (None = all 60,000)
-    steps_mnist: int  # optimiser steps for an MNIST model
+    steps_mnist: int  # optimiser steps of an MNIST model (the MNIST recipe, lessons 01 and 09)
     batch_mnist: int  # training batch size for MNIST models
-    unet_channels: int  # base channel count of the small U-Net
+    unet_channels: int  # base channel count of the MNIST U-Nets (PatchUNet, UNet)
     n_eval_mnist: int  # generated images used for MNIST metrics
-    # --- general ---
-    time_budget_s: float  # wall-clock cap on any one training run, in seconds
 
     def replace(self, **changes) -> "Profile":
         """A copy with some fields changed (for exercises and experiments)."""
@@ -154,18 +154,15 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "smoke": Profile(
         name="smoke", steps_2d=60, batch_2d=256, hidden_2d=64, depth_2d=2, n_eval_2d=500,
-        mnist_limit=1000, steps_mnist=4, batch_mnist=32, unet_channels=8, n_eval_mnist=64,
-        time_budget_s=20.0,
+        mnist_limit=1000, steps_mnist=30, batch_mnist=32, unet_channels=8, n_eval_mnist=100,
     ),
     "standard": Profile(
         name="standard", steps_2d=3000, batch_2d=512, hidden_2d=128, depth_2d=3, n_eval_2d=2000,
-        mnist_limit=None, steps_mnist=800, batch_mnist=128, unet_channels=32, n_eval_mnist=1000,
-        time_budget_s=240.0,
+        mnist_limit=None, steps_mnist=3000, batch_mnist=128, unet_channels=32, n_eval_mnist=1000,
     ),
     "full": Profile(
         name="full", steps_2d=20000, batch_2d=1024, hidden_2d=256, depth_2d=4, n_eval_2d=5000,
         mnist_limit=None, steps_mnist=20000, batch_mnist=256, unet_channels=64, n_eval_mnist=10000,
-        time_budget_s=3600.0,
     ),
 }
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from tutorlib.models import TimeMLP
 from tutorlib.schedulers import Scheduler
+from tutorlib.utils import batch_times, expand_t
 
 __all__ = [
     "DiscretePathSample",
@@ -117,6 +118,7 @@ def dequantise(
     bins: int,
     low: float,
     high: float,
+    *,
     generator: torch.Generator | None = None,
     jitter: bool = True,
     dtype: torch.dtype = torch.float32,
@@ -189,24 +191,6 @@ def _categorical(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     u = _uniform(probs.shape[:-1], generator, probs.device) * cdf[..., -1]  # (...)
     idx = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)  # (...)
     return idx.clamp_(max=probs.shape[-1] - 1)
-
-
-def _time(t: Tensor | float, batch: int, device: torch.device) -> Tensor:
-    """``t`` as a float ``(B,)`` tensor in ``[0, 1]``."""
-    t = torch.as_tensor(t, device=device)
-    t = t if t.is_floating_point() else t.to(torch.get_default_dtype())
-    if t.numel() == 1:
-        t = t.reshape(1).expand(batch)
-    if t.shape != (batch,):
-        raise ValueError(f"t must have shape ({batch},) (or be a scalar), got {tuple(t.shape)}")
-    if t.device.type == "cpu" and (bool((t < 0).any()) or bool((t > 1).any())):
-        raise ValueError("t must lie in [0, 1]")
-    return t
-
-
-def _expand(v: Tensor, x: Tensor) -> Tensor:
-    """``(B,)`` -> ``(B, 1, ..., 1)`` broadcasting against ``x`` ``(B, ...)``."""
-    return v.view(-1, *([1] * (x.dim() - 1)))
 
 
 def one_hot_input(tokens: Tensor, num_states: int, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -311,7 +295,7 @@ class MixturePath:
         k, dk = self.kappa(t)
         return dk / (1.0 - k).clamp_min(eps)
 
-    def sample_source(self, shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None = None,
+    def sample_source(self, shape: tuple[int, ...] | torch.Size, *, generator: torch.Generator | None = None,
                       device: torch.device | str | None = None) -> Tensor:
         """Source tokens ``x_0``: the mask everywhere, or uniform on ``{0, ..., K - 1}``.
 
@@ -335,7 +319,7 @@ class MixturePath:
         if x_0.shape != x_1.shape:
             raise ValueError(f"x_0 and x_1 must have the same shape, got {tuple(x_0.shape)} and {tuple(x_1.shape)}")
 
-    def sample(self, x_0: Tensor, x_1: Tensor, t: Tensor | float,
+    def sample(self, x_0: Tensor, x_1: Tensor, t: Tensor | float, *,
                generator: torch.Generator | None = None) -> DiscretePathSample:
         """Draw ``x_t``: each token independently takes ``x_1``'s value with probability kappa_t.
 
@@ -349,9 +333,9 @@ class MixturePath:
             A :class:`DiscretePathSample`.
         """
         self._check_pair(x_0, x_1)
-        t = _time(t, x_1.shape[0], x_1.device)  # (B,)
+        t = batch_times(t, x_1, check_range=True)  # (B,)
         kappa, _ = self.kappa(t)  # (B,)
-        take_data = _uniform(x_1.shape, generator, x_1.device) < _expand(kappa.to(torch.float64), x_1)  # (B, ...)
+        take_data = _uniform(x_1.shape, generator, x_1.device) < expand_t(kappa.to(torch.float64), x_1)  # (B, ...)
         x_t = torch.where(take_data, x_1, x_0.to(x_1.dtype))  # (B, ...)
         return DiscretePathSample(x_0=x_0, x_1=x_1, x_t=x_t, t=t)
 
@@ -398,10 +382,10 @@ class MixturePath:
         _check_tokens(x_t, self.num_states, "x_t")
         if posterior.shape != (*x_t.shape, self.vocab_size):
             raise ValueError(f"posterior must have shape {(*x_t.shape, self.vocab_size)}, got {tuple(posterior.shape)}")
-        t = _time(t, x_t.shape[0], x_t.device)
+        t = batch_times(t, x_t, check_range=True)
         pad = self.num_states - self.vocab_size
         p = F.pad(posterior, (0, pad))  # (B, ..., S)
-        coef = _expand(self.rate_coefficient(t).to(p.dtype), x_t).unsqueeze(-1)  # (B, 1, ..., 1)
+        coef = expand_t(self.rate_coefficient(t).to(p.dtype), x_t).unsqueeze(-1)  # (B, 1, ..., 1)
         return coef * (p - F.one_hot(x_t.long(), self.num_states).to(p.dtype))  # (B, ..., S)
 
     def likelihood(self, x_t: Tensor, t: Tensor | float) -> Tensor:
@@ -419,8 +403,8 @@ class MixturePath:
             ``(B, ..., K)`` float64.
         """
         _check_tokens(x_t, self.num_states, "x_t")
-        t = _time(t, x_t.shape[0], x_t.device)
-        kappa = _expand(self.kappa(t.to(torch.float64))[0], x_t).unsqueeze(-1)  # (B, 1, ..., 1)
+        t = batch_times(t, x_t, check_range=True)
+        kappa = expand_t(self.kappa(t.to(torch.float64))[0], x_t).unsqueeze(-1)  # (B, 1, ..., 1)
         K = self.vocab_size
         hit = (x_t.unsqueeze(-1) == torch.arange(K, device=x_t.device)).to(torch.float64)  # (B, ..., K)
         if self.source == "mask":
@@ -488,8 +472,8 @@ def tabular_posterior(table: Tensor, path: MixturePath, x_t: Tensor, t: Tensor |
 # --------------------------------------------------------------------------------------
 
 
-def discrete_loss(model: PosteriorFn, path: MixturePath, x_0: Tensor, x_1: Tensor, t: Tensor | float,
-                  generator: torch.Generator | None = None, *, masked_only: bool = False) -> Tensor:
+def discrete_loss(model: PosteriorFn, path: MixturePath, x_0: Tensor, x_1: Tensor, t: Tensor | float, *,
+                  generator: torch.Generator | None = None, masked_only: bool = False) -> Tensor:
     """Cross-entropy of the posterior model at the data: ``-E log p_{1|t}(x_1^i | x_t)``.
 
     Draws ``x_t ~ p_t(. | x_0, x_1)`` (:meth:`MixturePath.sample`), evaluates ``model(x_t, t)`` and
@@ -513,7 +497,7 @@ def discrete_loss(model: PosteriorFn, path: MixturePath, x_0: Tensor, x_1: Tenso
     """
     if masked_only and path.source != "mask":
         raise ValueError("masked_only needs the masked source")
-    s = path.sample(x_0, x_1, t, generator)
+    s = path.sample(x_0, x_1, t, generator=generator)
     logits = model(s.x_t, s.t)  # (B, ..., K)
     if logits.shape != (*x_1.shape, path.vocab_size):
         raise ValueError(f"the model must return logits of shape {(*x_1.shape, path.vocab_size)} "
@@ -534,7 +518,7 @@ def discrete_loss(model: PosteriorFn, path: MixturePath, x_0: Tensor, x_1: Tenso
 class DiscreteSolution:
     """What :func:`discrete_euler` returns."""
 
-    tokens: Tensor  # (B, ...) int64 tokens at t = 1
+    x: Tensor  # (B, ...) int64 tokens at t = 1 (named like ODESolution.x)
     nfe: int  # posterior evaluations (= steps)
     times: Tensor  # (steps + 1,) the time grid
     trajectory: Tensor | None  # (steps + 1, B, ...) tokens at each grid time, or None
@@ -545,6 +529,7 @@ def discrete_euler(
     model: PosteriorFn,
     path: MixturePath,
     x_0: Tensor,
+    *,
     steps: int,
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
@@ -593,11 +578,11 @@ def discrete_euler(
             x = target
         else:
             c = (h * path.rate_coefficient(t)).clamp(max=1.0).to(torch.float64)  # (B,)
-            jump = _uniform(x.shape, generator, x.device) < _expand(c, x)  # (B, ...)
+            jump = _uniform(x.shape, generator, x.device) < expand_t(c, x)  # (B, ...)
             x = torch.where(jump, target, x)
         if traj is not None:
             traj.append(x)
-    return DiscreteSolution(tokens=x, nfe=steps, times=times,
+    return DiscreteSolution(x=x, nfe=steps, times=times,
                             trajectory=torch.stack(traj) if traj is not None else None)
 
 

@@ -35,27 +35,23 @@ and labels ``y`` are int64 ``(B,)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tutorlib.data import TOY_DATASETS, sample_labelled
-from tutorlib.paths import AffinePath, expand_t
+from tutorlib.paths import AffinePath
+from tutorlib.utils import batch_times, expand_t
 
 __all__ = [
-    "LabelledBatch",
     "cfg_velocity",
     "classifier_guided_velocity",
     "classifier_log_prob_grad",
     "classifier_loss",
     "drop_labels",
     "guided_velocity",
-    "labelled_batches",
     "score_velocity_coefficient",
-    "within_class_spread",
     "zero_star_scale",
     "zero_star_velocity",
 ]
@@ -84,17 +80,6 @@ def _check_labels(y: Tensor, high: int, what: str) -> Tensor:
         raise ValueError(f"labels y must lie in [0, {high}) ({what}), got values in "
                          f"[{int(y.min())}, {int(y.max())}]")
     return y
-
-
-def _batch_times(t: Tensor | float, x: Tensor) -> Tensor:
-    """``t`` as a ``(B,)`` tensor in ``x``'s dtype (a float or 0-d tensor is broadcast)."""
-    t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
-    if t.dim() == 0:
-        return t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"t must have shape ({x.shape[0]},) to match x of shape {tuple(x.shape)}, "
-                         f"got {tuple(t.shape)}")
-    return t
 
 
 class _Labels:
@@ -250,7 +235,7 @@ def cfg_velocity(model: torch.nn.Module, y: Tensor | int, w: float, *, zero_star
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
         B = x.shape[0]
-        t = _batch_times(t, x)  # (B,)
+        t = batch_times(t, x)  # (B,)
         active = None
         if zero_init_until > 0.0:
             active = t >= zero_init_until  # (B,)
@@ -369,7 +354,7 @@ def classifier_guided_velocity(velocity: VelocityField, classifier: Callable[[Te
     labels = _Labels(y, torch.iinfo(torch.int64).max, "non-negative class ids")  # range checked per call
 
     def guided(x: Tensor, t: Tensor) -> Tensor:
-        t = _batch_times(t, x)  # (B,)
+        t = batch_times(t, x)  # (B,)
         v = velocity(x, t)  # (B, ...)
         if v.shape != x.shape:
             raise ValueError(f"velocity(x, t) must have the shape of x {tuple(x.shape)}, got {tuple(v.shape)}")
@@ -404,76 +389,3 @@ def classifier_loss(classifier: Callable[[Tensor, Tensor], Tensor], path: Affine
     """
     x_t = path.sample(x_0, x_1, t).x_t  # (B, ...)
     return F.cross_entropy(classifier(x_t, t), y)
-
-
-# --------------------------------------------------------------------------------------
-# Data and a diversity measure
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class LabelledBatch:
-    """One training batch of labelled data with its noise and times (:func:`labelled_batches`)."""
-
-    x_0: Tensor  # (B, 2) source noise N(0, I)
-    x_1: Tensor  # (B, 2) data
-    t: Tensor  # (B,) times, uniform on [0, 1]
-    y: Tensor  # (B,) int64 class ids of x_1
-
-
-def labelled_batches(name: str, batch_size: int, *, generator: torch.Generator | None = None,
-                     device: torch.device | str | None = None) -> Callable[[int], LabelledBatch]:
-    """A sampler ``step -> LabelledBatch`` of a labelled toy dataset, for :func:`tutorlib.train.train`.
-
-    Fresh data (:func:`tutorlib.data.sample_labelled`), noise and times every step, all drawn
-    from ``generator`` on the CPU and moved to ``device``. Use it for the class-conditional
-    model (``cfm_loss(m, path, b.x_0, b.x_1, b.t, y=drop_labels(b.y, p, m.null_class))``) and the
-    noisy classifier (``classifier_loss(c, path, b.x_1, b.y, b.t, b.x_0)``).
-
-    Args:
-        name: a key of :data:`tutorlib.data.TOY_DATASETS`.
-        batch_size: rows per batch.
-        generator: CPU generator of every draw.
-        device: where the batch goes.
-
-    Returns:
-        ``sampler(step) -> LabelledBatch``.
-    """
-    if name not in TOY_DATASETS:
-        raise ValueError(f"unknown toy dataset {name!r}; choose one of: {', '.join(TOY_DATASETS)}")
-
-    def sampler(step: int) -> LabelledBatch:
-        x_1, y = sample_labelled(name, batch_size, generator=generator)  # (B, 2), (B,)
-        x_0 = torch.randn(x_1.shape, generator=generator)  # (B, 2)
-        t = torch.rand(batch_size, generator=generator)  # (B,)
-        return LabelledBatch(x_0=x_0.to(device), x_1=x_1.to(device), t=t.to(device), y=y.to(device))
-
-    return sampler
-
-
-def within_class_spread(x: Tensor, y: Tensor, num_classes: int) -> Tensor:
-    """Root-mean-square distance of each class's points to their class mean: a diversity measure.
-
-    ``spread_k = sqrt(mean_{i: y_i = k} ||x_i - mean_k||^2)``. Strong guidance pulls samples
-    towards each class's mode, so their spread relative to the data's falls below 1 (lesson 08's
-    quality / diversity trade-off).
-
-    Args:
-        x: points ``(N, ...)``.
-        y: their labels, int64 ``(N,)`` in ``[0, num_classes)``.
-        num_classes: number of classes ``K``.
-
-    Returns:
-        ``(K,)`` spreads in ``x``'s dtype; NaN for a class with fewer than two points.
-    """
-    _check_labels(y, num_classes, f"{num_classes} classes")
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} labels")
-    xf = x.reshape(x.shape[0], -1)  # (N, D)
-    y = y.to(x.device)
-    count = torch.bincount(y, minlength=num_classes).to(xf.dtype)  # (K,)
-    sums = torch.zeros(num_classes, xf.shape[1], dtype=xf.dtype, device=x.device).index_add_(0, y, xf)  # (K, D)
-    means = sums / count.clamp_min(1.0)[:, None]  # (K, D)
-    sq = (xf - means[y]).square().sum(1)  # (N,)
-    msq = torch.zeros(num_classes, dtype=xf.dtype, device=x.device).index_add_(0, y, sq) / count.clamp_min(1.0)
-    return torch.where(count >= 2, msq.sqrt(), torch.full_like(msq, float("nan")))  # (K,)

@@ -1,8 +1,9 @@
 """The MNIST judge: a classifier trained once by the project, shipped as a verified checkpoint.
 
-Lessons 00 and 09 score generated digits with it (see :mod:`tutorlib.metrics`): the accuracy of
-generated digits against the labels they were conditioned on, and the Frechet distance in its
-128-d penultimate features. The checkpoint ``data/checkpoints/judge_mnist.pt`` was made by
+Lessons 00, 01 and 09 score generated digits with it, by the functions at the end of this module:
+:func:`judge_accuracy` (generated digits against the labels they were conditioned on),
+:func:`frechet_distance` in its 128-d penultimate features, :func:`label_entropy` (mode coverage) and
+:func:`feature_spread` (within-class diversity). The checkpoint ``data/checkpoints/judge_mnist.pt`` was made by
 ``python scripts/train_judge.py``; its test accuracy, command and sha256 are recorded in
 ``data/checkpoints/README.md``, and :class:`Judge` refuses a file whose sha256 differs from
 :data:`JUDGE_SHA256`.
@@ -15,10 +16,22 @@ from typing import Any
 
 import torch
 
+from tutorlib.checkpoints import shipped_checkpoint_dir
+from tutorlib.files import file_sha256
+from tutorlib.metrics import frechet_distance_features
 from tutorlib.models import MNISTClassifier
-from tutorlib.checkpoints import file_sha256, shipped_checkpoint_dir
 
-__all__ = ["JUDGE_FILE", "JUDGE_SHA256", "Judge", "judge_path", "load_judge"]
+__all__ = [
+    "JUDGE_FILE",
+    "JUDGE_SHA256",
+    "Judge",
+    "feature_spread",
+    "frechet_distance",
+    "judge_accuracy",
+    "judge_path",
+    "label_entropy",
+    "load_judge",
+]
 
 JUDGE_FILE = "judge_mnist.pt"
 # sha256 of the shipped checkpoint (printed by scripts/train_judge.py).
@@ -110,3 +123,77 @@ def load_judge() -> Judge:
     if "judge" not in _CACHE:
         _CACHE["judge"] = Judge.load()
     return _CACHE["judge"]
+
+
+# --------------------------------------------------------------------------------------
+# Scores of generated digits in the judge's eyes (lessons 00, 01, 08, 09)
+# --------------------------------------------------------------------------------------
+
+
+def judge_accuracy(images: torch.Tensor, labels: torch.Tensor, judge: Judge | None = None) -> float:
+    """Fraction of images that the judge classifies as their conditioning label.
+
+    Args:
+        images: generated images ``(N, 1, 28, 28)`` in ``[-1, 1]`` (clamped).
+        labels: the labels they were generated for, ``(N,)`` int64.
+        judge: a :class:`Judge` (default: the shipped one).
+
+    Returns:
+        Accuracy in ``[0, 1]`` (the judge scores over 99% on real test digits).
+    """
+    judge = judge or load_judge()
+    pred = judge.predict(images)  # (N,)
+    return float((pred == labels.to(pred.device)).float().mean())
+
+
+def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor, judge: Judge | None = None) -> float:
+    """Frechet distance between two image sets in the judge's 128-d features.
+
+    Its floor is the distance between real train and test images of the same size.
+
+    Args:
+        images_a: ``(N, 1, 28, 28)`` in ``[-1, 1]``.
+        images_b: ``(M, 1, 28, 28)`` in ``[-1, 1]``.
+        judge: a :class:`Judge` (default: the shipped one).
+    """
+    judge = judge or load_judge()
+    return frechet_distance_features(judge.features(images_a), judge.features(images_b))
+
+
+def label_entropy(images: torch.Tensor, judge: Judge | None = None) -> float:
+    """Entropy (nats) of the histogram of the judge's predicted labels: mode coverage.
+
+    ``H = -sum_c p_c log p_c`` with ``p_c`` the fraction of images predicted as class ``c``:
+    ``log 10 = 2.303`` when all digits are equally frequent, ``0`` when every sample is the same
+    digit. For unconditional or guided samples (lesson 08's quality / diversity trade-off).
+    """
+    judge = judge or load_judge()
+    pred = judge.predict(images)  # (N,)
+    p = torch.bincount(pred, minlength=judge.num_classes).double() / pred.numel()  # (C,)
+    p = p[p > 0]
+    return float(-(p * p.log()).sum())
+
+
+def feature_spread(images: torch.Tensor, labels: torch.Tensor | None = None, judge: Judge | None = None) -> float:
+    """Within-class diversity: root mean per-feature variance in the judge's feature space.
+
+    ``sqrt(mean_c tr(Cov(f | class c)) / F)``, averaged over the classes present (``labels``;
+    ``None`` treats all images as one class). Compare with the same number on real images:
+    a guided model that collapses to one prototype per class scores far below real data.
+
+    Args:
+        images: ``(N, 1, 28, 28)`` in ``[-1, 1]``.
+        labels: ``(N,)`` conditioning labels, or ``None``.
+        judge: a :class:`Judge` (default: the shipped one).
+    """
+    judge = judge or load_judge()
+    f = judge.features(images).double()  # (N, F)
+    labels = torch.zeros(f.shape[0], dtype=torch.long) if labels is None else labels.to(f.device)
+    traces = []
+    for c in labels.unique():
+        fc = f[labels == c]
+        if fc.shape[0] >= 2:
+            traces.append(fc.var(0).mean())
+    if not traces:
+        raise ValueError("feature_spread needs at least two images of some class")
+    return float(torch.stack(traces).mean().sqrt())

@@ -4,13 +4,13 @@ Lesson 00 introduces them and every later lesson reports them:
 
 * 2D: :func:`energy_distance` and :func:`mmd_rbf` between generated and held-out samples, always
   next to their :func:`noise_floor` (the same metric between two independent data draws of the
-  same size), so a result reads "within k times the floor"; :func:`gmm_log_prob` for exact
-  likelihoods of Gaussian-mixture data.
+  same size), so a result reads "within k times the floor" (exact likelihoods of the Gaussian-mixture
+  toys: :func:`tutorlib.data.gmm_log_prob`).
 * Trajectories (lessons 05-07): :func:`straightness` and :func:`curvature` of ODE paths
   (solvers report the NFE).
-* MNIST (lessons 00, 09): :func:`judge_accuracy`, :func:`frechet_distance`, :func:`label_entropy`
-  and :func:`feature_spread` in the feature space of the shipped judge classifier
-  (:class:`tutorlib.judge.Judge`); :func:`frechet_distance_features` for any features.
+* Features: :func:`frechet_distance_features` (the formula behind FID) for any two feature sets; the
+  MNIST scores in the shipped judge's feature space (judge accuracy, Frechet distance, label entropy,
+  feature spread) live with the judge, in :mod:`tutorlib.judge`.
 
 All functions read the device from their inputs and draw no random numbers unless given a
 ``generator``.
@@ -23,24 +23,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import Tensor
 
-from tutorlib.judge import Judge, load_judge
 
 __all__ = [
     "NoiseFloor",
     "RepeatedMetric",
     "curvature",
     "energy_distance",
-    "feature_spread",
-    "frechet_distance",
     "frechet_distance_features",
-    "gmm_log_prob",
-    "judge_accuracy",
-    "label_entropy",
     "mmd_rbf",
     "model_score",
     "noise_floor",
     "straightness",
+    "within_class_spread",
 ]
 
 
@@ -168,6 +164,7 @@ def noise_floor(
     sampler: Callable[..., torch.Tensor],
     n: int,
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = energy_distance,
+    *,
     generator: torch.Generator | None = None,
     repeats: int = 10,
 ) -> NoiseFloor:
@@ -196,6 +193,7 @@ def model_score(
     data_sampler: Callable[..., torch.Tensor],
     n: int,
     metric: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = energy_distance,
+    *,
     generator: torch.Generator | None = None,
     repeats: int = 10,
 ) -> RepeatedMetric:
@@ -225,42 +223,39 @@ def model_score(
 
 
 # --------------------------------------------------------------------------------------
-# Exact likelihood of Gaussian mixtures
+# Diversity of labelled samples (lesson 08)
 # --------------------------------------------------------------------------------------
 
 
-def gmm_log_prob(
-    x: torch.Tensor, means: torch.Tensor, stds: torch.Tensor | float, weights: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Exact log-density of a Gaussian mixture with isotropic or diagonal components.
+def within_class_spread(x: Tensor, y: Tensor, num_classes: int) -> Tensor:
+    """Root-mean-square distance of each class's points to their class mean: a diversity measure.
 
-    ``log p(x) = logsumexp_k [ log w_k + sum_d log N(x_d; mu_kd, s_kd^2) ]``.
-    The course's mixtures (eight Gaussians, 25 Gaussians) have known ``means``, ``stds``,
-    ``weights``; ``-gmm_log_prob(samples).mean()`` is the exact cross-entropy of model samples
-    under the data density, and ``-gmm_log_prob(data).mean()`` its entropy (lessons 02, 03).
+    ``spread_k = sqrt(mean_{i: y_i = k} ||x_i - mean_k||^2)``. Strong guidance pulls samples
+    towards each class's mode, so their spread relative to the data's falls below 1 (lesson 08's
+    quality / diversity trade-off).
 
     Args:
-        x: points ``(B, D)``.
-        means: component means ``(K, D)``.
-        stds: a float, ``(K,)`` (isotropic) or ``(K, D)`` (diagonal) standard deviations.
-        weights: mixture weights ``(K,)`` (normalised here); ``None`` means uniform.
+        x: points ``(N, ...)``.
+        y: their labels, int64 ``(N,)`` in ``[0, num_classes)``.
+        num_classes: number of classes ``K``.
 
     Returns:
-        ``(B,)`` log-densities, in x's dtype.
+        ``(K,)`` spreads in ``x``'s dtype; NaN for a class with fewer than two points.
     """
-    means = torch.as_tensor(means, dtype=x.dtype, device=x.device)  # (K, D)
-    K, D = means.shape
-    stds = torch.as_tensor(stds, dtype=x.dtype, device=x.device)
-    stds = stds.expand(K) if stds.dim() == 0 else stds
-    stds = stds[:, None].expand(K, D) if stds.dim() == 1 else stds  # (K, D)
-    if weights is None:
-        logw = torch.full((K,), -math.log(K), dtype=x.dtype, device=x.device)
-    else:
-        w = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
-        logw = torch.log(w / w.sum())  # (K,)
-    z = (x[:, None, :] - means[None]) / stds[None]  # (B, K, D)
-    log_n = -0.5 * (z ** 2).sum(-1) - torch.log(stds).sum(-1)[None] - 0.5 * D * math.log(2 * math.pi)  # (B, K)
-    return torch.logsumexp(logw[None] + log_n, dim=1)  # (B,)
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise ValueError(f"labels y must be an int64 tensor of shape (N,), got {tuple(y.shape)} {y.dtype}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise ValueError(f"labels y must lie in [0, {num_classes}), got values in [{int(y.min())}, {int(y.max())}]")
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} rows but y has {y.shape[0]} labels")
+    xf = x.reshape(x.shape[0], -1)  # (N, D)
+    y = y.to(x.device)
+    count = torch.bincount(y, minlength=num_classes).to(xf.dtype)  # (K,)
+    sums = torch.zeros(num_classes, xf.shape[1], dtype=xf.dtype, device=x.device).index_add_(0, y, xf)  # (K, D)
+    means = sums / count.clamp_min(1.0)[:, None]  # (K, D)
+    sq = (xf - means[y]).square().sum(1)  # (N,)
+    msq = torch.zeros(num_classes, dtype=xf.dtype, device=x.device).index_add_(0, y, sq) / count.clamp_min(1.0)
+    return torch.where(count >= 2, msq.sqrt(), torch.full_like(msq, float("nan")))  # (K,)
 
 
 # --------------------------------------------------------------------------------------
@@ -325,7 +320,7 @@ def curvature(trajectory: torch.Tensor, times: torch.Tensor | None = None, eps: 
 
 
 # --------------------------------------------------------------------------------------
-# MNIST, in the judge's feature space
+# Frechet distance between feature sets (the MNIST scores of tutorlib.judge use it)
 # --------------------------------------------------------------------------------------
 
 
@@ -353,72 +348,3 @@ def frechet_distance_features(features_a: torch.Tensor, features_b: torch.Tensor
     tr_sqrt = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
     fd = ((mu_a - mu_b) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * tr_sqrt
     return max(0.0, float(fd))
-
-
-def judge_accuracy(images: torch.Tensor, labels: torch.Tensor, judge: Judge | None = None) -> float:
-    """Fraction of images that the judge classifies as their conditioning label.
-
-    Args:
-        images: generated images ``(N, 1, 28, 28)`` in ``[-1, 1]`` (clamped).
-        labels: the labels they were generated for, ``(N,)`` int64.
-        judge: a :class:`Judge` (default: the shipped one).
-
-    Returns:
-        Accuracy in ``[0, 1]`` (the judge scores over 99% on real test digits).
-    """
-    judge = judge or load_judge()
-    pred = judge.predict(images)  # (N,)
-    return float((pred == labels.to(pred.device)).float().mean())
-
-
-def frechet_distance(images_a: torch.Tensor, images_b: torch.Tensor, judge: Judge | None = None) -> float:
-    """Frechet distance between two image sets in the judge's 128-d features.
-
-    Its floor is the distance between real train and test images of the same size.
-
-    Args:
-        images_a: ``(N, 1, 28, 28)`` in ``[-1, 1]``.
-        images_b: ``(M, 1, 28, 28)`` in ``[-1, 1]``.
-        judge: a :class:`Judge` (default: the shipped one).
-    """
-    judge = judge or load_judge()
-    return frechet_distance_features(judge.features(images_a), judge.features(images_b))
-
-
-def label_entropy(images: torch.Tensor, judge: Judge | None = None) -> float:
-    """Entropy (nats) of the histogram of the judge's predicted labels: mode coverage.
-
-    ``H = -sum_c p_c log p_c`` with ``p_c`` the fraction of images predicted as class ``c``:
-    ``log 10 = 2.303`` when all digits are equally frequent, ``0`` when every sample is the same
-    digit. For unconditional or guided samples (lesson 08's quality / diversity trade-off).
-    """
-    judge = judge or load_judge()
-    pred = judge.predict(images)  # (N,)
-    p = torch.bincount(pred, minlength=judge.num_classes).double() / pred.numel()  # (C,)
-    p = p[p > 0]
-    return float(-(p * p.log()).sum())
-
-
-def feature_spread(images: torch.Tensor, labels: torch.Tensor | None = None, judge: Judge | None = None) -> float:
-    """Within-class diversity: root mean per-feature variance in the judge's feature space.
-
-    ``sqrt(mean_c tr(Cov(f | class c)) / F)``, averaged over the classes present (``labels``;
-    ``None`` treats all images as one class). Compare with the same number on real images:
-    a guided model that collapses to one prototype per class scores far below real data.
-
-    Args:
-        images: ``(N, 1, 28, 28)`` in ``[-1, 1]``.
-        labels: ``(N,)`` conditioning labels, or ``None``.
-        judge: a :class:`Judge` (default: the shipped one).
-    """
-    judge = judge or load_judge()
-    f = judge.features(images).double()  # (N, F)
-    labels = torch.zeros(f.shape[0], dtype=torch.long) if labels is None else labels.to(f.device)
-    traces = []
-    for c in labels.unique():
-        fc = f[labels == c]
-        if fc.shape[0] >= 2:
-            traces.append(fc.var(0).mean())
-    if not traces:
-        raise ValueError("feature_spread needs at least two images of some class")
-    return float(torch.stack(traces).mean().sqrt())

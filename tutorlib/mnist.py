@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["FILES", "MIRRORS", "MNISTDownloadError", "data_dir", "ensure_mnist_file", "load_mnist", "mnist_dir", "read_idx"]
+from tutorlib.files import data_dir
+
+__all__ = ["FILES", "MIRRORS", "MNISTDownloadError", "ensure_mnist_file", "load_mnist", "mnist_dir", "read_idx"]
 
 # sha256 and size of the decompressed contents of each file (the gzip wrappers vary by mirror).
 FILES: dict[str, tuple[str, int]] = {
@@ -59,21 +61,6 @@ _HINT = (
 
 class MNISTDownloadError(RuntimeError):
     """MNIST could not be obtained from any source; the message says what to set."""
-
-
-def data_dir() -> Path:
-    """The cache root: ``$TUTORLIB_DATA_DIR``, else the repository's ``data/`` folder.
-
-    When tutorlib is installed outside a checkout (no ``pyproject.toml`` beside the package),
-    the default is ``~/.cache/tutorlib``.
-    """
-    env = os.environ.get("TUTORLIB_DATA_DIR", "").strip()
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "pyproject.toml").is_file():
-        return repo / "data"
-    return Path.home() / ".cache" / "tutorlib"
 
 
 def mnist_dir() -> Path:

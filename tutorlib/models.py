@@ -26,6 +26,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from tutorlib.utils import batch_times
+
 __all__ = [
     "MNISTClassifier",
     "NoisyClassifier2D",
@@ -71,18 +73,6 @@ def sinusoidal_embedding(
     freqs = torch.exp(-math.log(max_period) * k / half)  # (half,)
     args = scale * t[:, None] * freqs[None, :]  # (B, half)
     return torch.cat([torch.cos(args), torch.sin(args)], dim=1)  # (B, dim)
-
-
-def _check_t(t: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
-    """Accept ``t`` as a float, a 0-d tensor, ``(1,)`` or ``(B,)`` (or ``(B, 1, ...)``); return ``(B,)``."""
-    dtype = like.dtype if like.is_floating_point() else torch.float32
-    t = torch.as_tensor(t, device=like.device, dtype=dtype)
-    if t.numel() == 1:
-        return t.reshape(1).expand(batch)
-    t = t.reshape(t.shape[0], -1)[:, 0] if t.dim() > 1 else t
-    if t.shape[0] != batch:
-        raise ValueError(f"t has {t.shape[0]} entries but the batch has {batch}; pass t of shape (B,)")
-    return t
 
 
 def _shared_time(t: torch.Tensor) -> bool:
@@ -213,7 +203,7 @@ class TimeMLP(nn.Module):
         """``x`` ``(B, dim)``, ``t`` ``(B,)``, ``y`` ``(B,)`` or ``None`` -> ``(B, out_dim)``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape (B, {self.dim}), got {tuple(x.shape)}")
-        t = _check_t(t, x.shape[0], x)  # (B,)
+        t = batch_times(t, x)  # (B,)
         if y is None and _shared_time(t):
             # every row has the same t (an ODE solver's step): embed it once, broadcast over the batch
             c = self.embed(t[:1], None)  # (1, H)
@@ -307,7 +297,7 @@ class _ImageFlowModel(nn.Module):
         """Check ``x`` is ``(B, in_channels, 28, 28)``; return the conditioning vector ``(B, 4C)``."""
         if x.dim() != 4 or x.shape[1] != self.in_channels or x.shape[-2:] != (28, 28):
             raise ValueError(f"x must have shape (B, {self.in_channels}, 28, 28), got {tuple(x.shape)}")
-        return self.embed(_check_t(t, x.shape[0], x), y)  # (B, 4C)
+        return self.embed(batch_times(t, x), y)  # (B, 4C)
 
 
 class UNet(_ImageFlowModel):
@@ -509,7 +499,7 @@ class NoisyImageClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """``x_t`` ``(B, in_channels, 28, 28)`` and ``t`` ``(B,)`` -> logits ``(B, num_labels)``."""
-        c = self.embed(_check_t(t, x.shape[0], x))  # (B, 4C)
+        c = self.embed(batch_times(t, x))  # (B, 4C)
         h = self.enc0(self.stem(x), c)  # (B, C, 28, 28)
         h = self.enc1(self.down0(h), c)  # (B, 2C, 14, 14)
         h = self.enc2(self.down1(h), c)  # (B, 2C, 7, 7)

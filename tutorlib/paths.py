@@ -24,42 +24,23 @@ and density of a Gaussian-mixture data distribution in closed form (lesson 03's 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from tutorlib.data import gmm_component_log_probs
 from tutorlib.schedulers import CondOTScheduler, Scheduler
+from tutorlib.utils import expand_t
 
 __all__ = [
     "AffinePath",
     "CondOTPath",
     "PathSample",
-    "expand_t",
     "gmm_marginal_log_prob",
     "gmm_marginal_velocity",
     "randn_like",
 ]
-
-
-def expand_t(t: Tensor | float, x: Tensor) -> Tensor:
-    """Reshape per-sample values ``t`` of shape (B,) to (B, 1, ..., 1) to broadcast against ``x``.
-
-    Args:
-        t: a tensor of shape (B,), or a 0-d tensor / Python float (returned as a 0-d tensor).
-        x: the tensor to broadcast against, shape (B, ...).
-
-    Returns:
-        ``t`` viewed with shape (B,) + (1,) * (x.ndim - 1), or a 0-d tensor.
-    """
-    t = torch.as_tensor(t, device=x.device)
-    if t.ndim == 0:
-        return t
-    if t.ndim != 1 or t.shape[0] != x.shape[0]:
-        raise ValueError(f"t must have shape ({x.shape[0]},) to match x of shape {tuple(x.shape)}, "
-                         f"got {tuple(t.shape)}")
-    return t.view(-1, *([1] * (x.ndim - 1)))
 
 
 def randn_like(x: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
@@ -217,16 +198,13 @@ def _gmm_posterior(path: AffinePath, x: Tensor, t: Tensor | float, means: Tensor
     xf = x.reshape(B, -1)  # (B, D)
     mu = means.reshape(K, -1).to(xf)  # (K, D)
     s2 = stds.to(xf).reshape(K).square()  # (K,)
-    log_w = torch.log(weights.to(xf).reshape(K))
-    log_w = log_w - torch.logsumexp(log_w, 0)  # (K,) normalised
     out = path.scheduler(torch.as_tensor(t, device=x.device).to(xf.dtype))
     alpha, sigma, d_alpha, d_sigma = (torch.broadcast_to(c, (B,))[:, None] for c in
                                       (out.alpha_t, out.sigma_t, out.d_alpha_t, out.d_sigma_t))  # (B, 1)
     var = alpha.square() * s2 + sigma.square()  # (B, K) variance of component k of p_t
-    diff = xf[:, None, :] - alpha[:, :, None] * mu  # (B, K, D)
-    D = xf.shape[1]
-    log_comp = (log_w - 0.5 * diff.square().sum(-1) / var
-                - 0.5 * D * torch.log(2 * math.pi * var))  # (B, K)
+    mean_t = alpha[:, :, None] * mu  # (B, K, D) mean of component k of p_t
+    diff = xf[:, None, :] - mean_t  # (B, K, D)
+    log_comp = gmm_component_log_probs(xf, mean_t, var.sqrt(), weights.to(xf))  # (B, K)
     return xf, mu, s2, alpha, sigma, d_alpha, d_sigma, var, diff, log_comp
 
 

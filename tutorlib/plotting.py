@@ -1,11 +1,8 @@
 """Plotly figures for the lessons (plotly.graph_objects only; express needs pandas).
 
-Importing this module sets a renderer that works in JupyterLab, in classic notebooks and in
-the static book, offline (``plotly_mimetype+notebook``: JupyterLab's own renderer plus HTML
-with plotly.js embedded once per notebook). ``PLOTLY_RENDERER`` overrides it, and
-``TUTORLIB_PLOTLY_RENDERER`` overrides both: the book build sets it to ``tutorlib_book``
-(:class:`BookRenderer`), whose figures leave plotly.js out because the book serves it once from
-its own ``_static`` folder.
+Importing this module changes nothing of plotly's global state: figures show with plotly's own
+renderer for the environment (JupyterLab's, offline). The book build registers its own renderer
+in the kernels it starts (``book/_ext/kernel_startup.py``).
 
 Every function returns a ``go.Figure`` and takes tensors on any device (they are moved to the
 CPU here). The figures of the course:
@@ -27,14 +24,11 @@ pause buttons; :mod:`tutorlib.widgets` uses it for its static fallbacks.
 from __future__ import annotations
 
 import math
-import os
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
-import plotly.io as pio
 import torch
-from plotly.io.base_renderers import MimetypeRenderer
 from plotly.subplots import make_subplots
 
 from tutorlib.metrics import NoiseFloor
@@ -43,12 +37,10 @@ __all__ = [
     "ARROW_COLOR",
     "DATA_COLOR",
     "SAMPLE_COLOR",
-    "BookRenderer",
     "VelocityArrows",
     "add_slider",
     "arrow_segments",
     "arrow_trace",
-    "configure_renderer",
     "data_trace",
     "density_from_log_prob",
     "density_from_samples",
@@ -69,44 +61,9 @@ __all__ = [
     "vector_field",
 ]
 
-DEFAULT_RENDERER = "plotly_mimetype+notebook"
 DATA_COLOR = "rgba(120, 120, 120, 0.35)"  # the reference data, drawn behind everything
 SAMPLE_COLOR = "#1f77b4"
 ARROW_COLOR = "#d62728"
-
-
-class BookRenderer(MimetypeRenderer):
-    """Figures for the book: HTML with a ``<div>`` and its ``Plotly.newPlot`` call, and nothing else.
-
-    Neither plotly.js nor MathJax is included (plotly's HTML renderers embed 3.5 MB of plotly.js
-    per notebook, or load it and MathJax from a CDN): the book's Sphinx extension
-    (``book/_ext/course_book.py``) serves plotly.js from the site and loads it on each page that
-    has a figure, so the site works offline. Registered as ``tutorlib_book``.
-    """
-
-    def to_mimebundle(self, fig_dict):
-        html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                           auto_play=False, default_width="100%", default_height=525, validate=False)
-        return {"text/html": html}
-
-
-BOOK_RENDERER = "tutorlib_book"
-pio.renderers[BOOK_RENDERER] = BookRenderer()
-
-
-def configure_renderer(name: str | None = None) -> str:
-    """Set plotly's default renderer.
-
-    ``name``, else ``TUTORLIB_PLOTLY_RENDERER`` (the book build's ``tutorlib_book``; plotly itself
-    rejects unknown names in ``PLOTLY_RENDERER`` at import), else ``PLOTLY_RENDERER``, else the default.
-    """
-    chosen = (name or os.environ.get("TUTORLIB_PLOTLY_RENDERER") or os.environ.get("PLOTLY_RENDERER")
-              or DEFAULT_RENDERER)
-    pio.renderers.default = chosen
-    return chosen
-
-
-configure_renderer()
 
 
 def _np(x: torch.Tensor):

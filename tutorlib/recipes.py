@@ -4,10 +4,11 @@ The recipe is what the bench measured to reach a good model fastest on a laptop 
 ``python -m bench mnist`` and ``mnist_ttq``): a :class:`~tutorlib.models.PatchUNet` (a U-Net on
 2x2 patches, levels 14 -> 7, about 0.44 M parameters at ``C = 32``), the linear path
 (:class:`~tutorlib.paths.CondOTPath`) with a velocity target, labels dropped with probability 0.1 for
-classifier-free guidance, AdamW with a warm-up and a cosine decay that ends with the time budget, an
-EMA of the weights, and sampling by Euler with guidance (:func:`tutorlib.guidance.cfg_velocity`)::
+classifier-free guidance, AdamW with a warm-up and a cosine decay over the run's steps, an EMA of
+the weights, and sampling by Euler with guidance (:func:`tutorlib.guidance.cfg_velocity`). Its sizes
+(steps, batch, width) come from the profile, like every run of the course::
 
-    recipe = MNISTRecipe.for_profile(profile())
+    recipe = MNISTRecipe.from_profile(profile())
     images, labels = load_mnist("train")
     model, hist = train_mnist_fm(recipe, images, labels, seed=0)       # EMA weights, eval mode
     digits = sample_digits(model, torch.arange(10).repeat(8), w=recipe.guidance, nfe=recipe.nfe)
@@ -44,7 +45,8 @@ TIME_SAMPLINGS = ("uniform", "logit_normal")
 class MNISTRecipe:
     """Everything that defines a class-conditional MNIST flow-matching run (model, data, optimiser, sampler).
 
-    Build one with :meth:`for_profile` and change fields with :meth:`replace`.
+    Build one with :meth:`from_profile` (the sizes of a :class:`~tutorlib.device.Profile`) and change
+    fields with :meth:`replace`. The defaults are the standard profile's sizes.
     """
 
     base_channels: int = 32  # PatchUNet width at 14x14 (7x7 has twice as many)
@@ -57,8 +59,7 @@ class MNISTRecipe:
     grad_clip: float | None = 1.0  # global gradient-norm clipping
     p_uncond: float = 0.1  # label dropout probability (classifier-free guidance)
     time_sampling: str = "uniform"  # training times t: "uniform" on [0, 1] or "logit_normal" (sigmoid of N(0, 1))
-    steps: int = 3000  # optimiser steps at most
-    time_budget_s: float | None = 600.0  # wall-clock cap; the learning-rate decay ends with it
+    steps: int = 3000  # optimiser steps (the learning rate decays over them)
     channels_last: bool = True  # NHWC memory layout (faster convolutions on CPUs)
     guidance: float = 2.0  # default CFG scale w for sampling
     nfe: int = 20  # default Euler steps for sampling
@@ -68,17 +69,13 @@ class MNISTRecipe:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def for_profile(cls, P: Profile) -> "MNISTRecipe":
-        """The recipe at the sizes of profile ``P``.
+    def from_profile(cls, P: Profile) -> "MNISTRecipe":
+        """The recipe at the sizes of profile ``P``: ``P.unet_channels``, ``P.batch_mnist``, ``P.steps_mnist``.
 
-        ``standard``: ``C = 32``, batch 128, at most 3000 steps or 600 s (the measured recipe);
-        ``smoke``: ``P.unet_channels``, ``P.batch_mnist``, ``P.steps_mnist`` steps (seconds: the same code);
-        ``full``: ``C = P.unet_channels``, ``P.batch_mnist``, ``P.steps_mnist`` steps within ``P.time_budget_s``.
+        The warm-up is ``min(100, steps / 10)`` steps; everything else is the measured recipe.
         """
-        if P.name == "standard":
-            return cls()
         return cls(base_channels=P.unet_channels, batch=P.batch_mnist, steps=P.steps_mnist,
-                   warmup_steps=min(100, max(1, P.steps_mnist // 10)), time_budget_s=P.time_budget_s)
+                   warmup_steps=min(100, max(1, P.steps_mnist // 10)))
 
     def build_model(self, num_classes: int = 10) -> PatchUNet:
         """A fresh :class:`~tutorlib.models.PatchUNet` of this recipe (on the CPU, NCHW layout)."""
@@ -89,7 +86,7 @@ class MNISTRecipe:
         """The :class:`~tutorlib.train.TrainConfig` of this recipe."""
         return TrainConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps, cosine_decay=True,
                            min_lr_ratio=self.min_lr_ratio, grad_clip=self.grad_clip, ema_decay=self.ema_decay,
-                           time_budget_s=self.time_budget_s, progress=progress, desc=desc)
+                           progress=progress, desc=desc)
 
 
 def sample_times(n: int, kind: str = "uniform", *, generator: torch.Generator | None = None) -> Tensor:

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor
 
 from tutorlib.couplings import Coupling
-from tutorlib.paths import expand_t, randn_like
+from tutorlib.paths import randn_like
+from tutorlib.utils import batch_times, expand_t
 
 __all__ = [
     "METHODS",
@@ -131,10 +132,9 @@ def ode_solve(velocity: VelocityField, x_0: Tensor, *, method: str = "euler", st
         if method == "dopri5":
             return _dopri5(velocity, x_0, grid, atol, rtol, max_steps, return_trajectory)
         step, stages = _FIXED_STEP[method]
-        B, dtype, device = x_0.shape[0], x_0.dtype, x_0.device
 
         def f(x: Tensor, t: float) -> Tensor:
-            return velocity(x, torch.full((1,), t, dtype=dtype, device=device).expand(B))  # t: (B,), one shared value
+            return velocity(x, batch_times(t, x))  # t: (B,), one shared value (stride 0)
 
         x = x_0
         states = [x] if return_trajectory else None
@@ -177,13 +177,12 @@ def _rms(v: Tensor) -> float:
 
 def _dopri5(velocity: VelocityField, x_0: Tensor, grid: list[float], atol: float, rtol: float,
             max_steps: int, return_trajectory: bool) -> ODESolution:
-    B, dtype, device = x_0.shape[0], x_0.dtype, x_0.device
     nfe = 0
 
     def f(x: Tensor, t: float) -> Tensor:
         nonlocal nfe
         nfe += 1
-        return velocity(x, torch.full((1,), t, dtype=dtype, device=device).expand(B))  # t: (B,), one shared value
+        return velocity(x, batch_times(t, x))  # t: (B,), one shared value (stride 0)
 
     direction = 1.0 if grid[-1] > grid[0] else -1.0
     t, x = grid[0], x_0
@@ -256,13 +255,12 @@ def sde_solve(drift: VelocityField, diffusion: VelocityField, x_0: Tensor, *, st
         An :class:`SDESolution` (``nfe`` counts drift evaluations).
     """
     grid = _time_grid(time_grid, steps, t0, t1)
-    B, dtype, device = x_0.shape[0], x_0.dtype, x_0.device
     x = x_0
     states = [x] if return_trajectory else None
     with torch.set_grad_enabled(enable_grad):
         for t_a, t_b in zip(grid[:-1], grid[1:]):
             h = t_b - t_a
-            t = torch.full((1,), t_a, dtype=dtype, device=device).expand(B)  # (B,), one shared value
+            t = batch_times(t_a, x)  # (B,), one shared value (stride 0)
             g = diffusion(x, t)
             g = expand_t(g, x) if g.ndim == 1 else g  # (B, 1, ...) or (B, ...)
             x = x.add(drift(x, t), alpha=h) + (math.sqrt(abs(h)) * g) * randn_like(x, generator=generator)

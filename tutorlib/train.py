@@ -2,7 +2,7 @@
 
 Every lesson trains through :func:`train`::
 
-    cfg = TrainConfig.for_2d(P)                                  # steps, lr, budget from the profile
+    cfg = TrainConfig.from_profile(P)                            # steps and lr from the profile
     hist = train(model, loss_fn, sampler, cfg)                  # loss_fn(model, batch) -> scalar
     samples = sample(hist.ema_model, ...)                        # EMA weights for sampling
 
@@ -19,6 +19,7 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -135,11 +136,16 @@ class EMA:
 class TrainConfig:
     """Hyperparameters of :func:`train`. Build one from a profile, then ``.replace(...)``.
 
-    The learning rate follows a linear warm-up over ``warmup_steps`` and then, when
-    ``cosine_decay`` is set, a cosine decay to ``lr * min_lr_ratio`` at ``steps`` (see :func:`lr_at`).
+    Training runs for ``steps`` optimiser steps and the learning rate is a function of the step
+    alone (see :func:`lr_at`): a linear warm-up over ``warmup_steps`` and then, when
+    ``cosine_decay`` is set, a cosine decay to ``lr * min_lr_ratio`` at ``steps``. So one seed and
+    one config give one model on every machine, fast or slow (CONTRIBUTING.md, "Reproducible runs").
+    ``time_budget_s`` is for time-to-quality benchmarks only: a run it stops early says so in its
+    :class:`TrainHistory` (``stop_reason``, ``steps_done``) and is never loaded by :func:`load_or_train`
+    as if it were complete.
     """
 
-    steps: int = 1000  # optimiser steps (the run stops earlier if time_budget_s runs out)
+    steps: int = 1000  # optimiser steps
     lr: float = 1e-3  # peak learning rate of AdamW
     weight_decay: float = 0.0  # AdamW's decoupled weight decay
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW's moment decays
@@ -148,7 +154,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0  # final learning rate / lr when cosine_decay is set
     grad_clip: float | None = 1.0  # clip the global gradient norm to this (None: no clipping)
     ema_decay: float | None = 0.999  # EMA decay of the weights (None: no EMA)
-    time_budget_s: float | None = None  # wall-clock cap in seconds (None: no cap)
+    time_budget_s: float | None = None  # benchmarks only: stop after this many seconds (None: run every step)
     compile: bool = False  # wrap the model in torch.compile for the loss (same weights)
     check_every: int = 25  # check the loss for NaN/inf and refresh the progress bar every this many steps
     progress: bool = True  # show a tqdm progress bar
@@ -159,33 +165,23 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def for_2d(cls, P) -> "TrainConfig":
-        """The course's 2D recipe under profile ``P`` (``steps_2d``, ``time_budget_s``).
+    def from_profile(cls, P) -> "TrainConfig":
+        """The course's 2D recipe under profile ``P``: ``P.steps_2d`` steps.
 
-        AdamW at 3e-3 with a warm-up of ``min(200, steps / 10)`` steps and a cosine decay to 2 %, gradient
-        clipping 1, EMA 0.999: the ``ttq2d`` bench's winning recipe (issue 8). Measured at the standard
-        profile's 3000 steps of batch 512 (2 seeds): checkerboard 1.09-1.13 x the noise floor against 1.16-1.21 x
-        with the earlier lr 1e-3 / cosine to 10 %; moons 1.47-1.53 x against 1.49-1.56 x.
+        AdamW at 3e-3 with a warm-up of ``min(200, steps / 10)`` steps and a cosine decay to 2 %,
+        gradient clipping 1, EMA 0.999: the recipe the ``ttq2d`` bench measured best on the 2D toys
+        (bench/RESULTS.md). MNIST models train by :class:`tutorlib.recipes.MNISTRecipe` instead.
         """
         return cls(steps=P.steps_2d, lr=3e-3, warmup_steps=min(200, P.steps_2d // 10), cosine_decay=True,
-                   min_lr_ratio=0.02, time_budget_s=P.time_budget_s, desc="2D")
-
-    @classmethod
-    def for_mnist(cls, P) -> "TrainConfig":
-        """Defaults for an MNIST model under profile ``P`` (``steps_mnist``, ``time_budget_s``)."""
-        return cls(steps=P.steps_mnist, lr=2e-3, warmup_steps=min(100, P.steps_mnist // 10), cosine_decay=True,
-                   min_lr_ratio=0.05, time_budget_s=P.time_budget_s, desc="MNIST")
+                   min_lr_ratio=0.02, desc="2D")
 
 
-def lr_at(step: int, config: TrainConfig, elapsed_s: float | None = None) -> float:
-    """Learning rate used at optimiser step ``step`` (0-based), ``elapsed_s`` seconds into training.
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate used at optimiser step ``step`` (0-based): a function of the step alone.
 
     ``lr * (step + 1) / warmup_steps`` during warm-up; then ``lr`` or, with ``cosine_decay``,
     ``lr * (r + (1 - r) * (1 + cos(pi * p)) / 2)`` with ``r = min_lr_ratio`` and ``p`` the fraction of
-    post-warm-up steps done, or, when ``config.time_budget_s`` is set and ``elapsed_s`` is given, the
-    fraction of the time budget used if that is larger: the decay ends when training ends, whichever
-    of the two limits stops it (a slow machine still finishes its schedule instead of being cut off
-    at a high learning rate).
+    post-warm-up steps done (``p = 1`` from step ``steps`` on).
     """
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -193,8 +189,6 @@ def lr_at(step: int, config: TrainConfig, elapsed_s: float | None = None) -> flo
         return config.lr
     span = max(1, config.steps - config.warmup_steps)
     p = min(1.0, (step - config.warmup_steps) / span)
-    if config.time_budget_s is not None and elapsed_s is not None and config.time_budget_s > 0:
-        p = max(p, min(1.0, elapsed_s / config.time_budget_s))
     r = config.min_lr_ratio
     return config.lr * (r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * p)))
 
@@ -209,7 +203,8 @@ class TrainHistory:
     lrs: list[float]  # learning rate used at each step
     steps_per_s: float  # optimiser steps per second over the whole run
     total_time_s: float  # wall-clock duration of the run, in seconds
-    stop_reason: str  # "steps" (all steps done) or "time_budget"
+    stop_reason: str  # "steps" (all steps done) or "time_budget" (stopped early by a benchmark's budget)
+    steps_requested: int  # the config's number of steps
     model: nn.Module  # the trained model (the same object that was passed in)
     ema: EMA | None  # the weight average, or None when ema_decay was None
 
@@ -217,6 +212,16 @@ class TrainHistory:
     def ema_model(self) -> nn.Module:
         """The model to sample from: the EMA copy if there is one, else the trained model."""
         return self.ema.model if self.ema is not None else self.model
+
+    @property
+    def steps_done(self) -> int:
+        """Optimiser steps taken (``steps_requested`` unless a time budget stopped the run)."""
+        return len(self.losses)
+
+    @property
+    def complete(self) -> bool:
+        """Whether every requested step ran (the model is the one its config and seed define)."""
+        return self.stop_reason == "steps" and self.steps_done == self.steps_requested
 
     @property
     def final_loss(self) -> float:
@@ -238,8 +243,18 @@ class TrainHistory:
 
     def summary(self) -> dict[str, Any]:
         """A small JSON-friendly dict (stored in checkpoints)."""
-        return {"steps_done": len(self.losses), "final_loss": self.final_loss, "steps_per_s": self.steps_per_s,
-                "total_time_s": self.total_time_s, "stop_reason": self.stop_reason}
+        return {"steps_done": self.steps_done, "steps_requested": self.steps_requested, "complete": self.complete,
+                "final_loss": self.final_loss, "steps_per_s": self.steps_per_s, "total_time_s": self.total_time_s,
+                "stop_reason": self.stop_reason}
+
+    def describe(self) -> str:
+        """One line for a lesson's output: steps, time, speed, final loss (and an early stop, if any)."""
+        text = (f"{self.steps_done} steps in {self.total_time_s:.1f} s ({self.steps_per_s:.1f} steps/s), "
+                f"final loss {self.final_loss:.4g}")
+        if not self.complete:
+            text += (f"; STOPPED EARLY after {self.steps_done} of {self.steps_requested} steps "
+                     f"({self.stop_reason}): not the model this config defines")
+        return text
 
 
 # --------------------------------------------------------------------------------------
@@ -345,7 +360,9 @@ class Prefetcher:
         self._stop.set()
 
     def __del__(self) -> None:
-        self._stop.set()
+        stop = getattr(self, "_stop", None)  # absent when __init__ raised
+        if stop is not None:
+            stop.set()
 
 
 def _as_batch_fn(sampler: Callable[[int], Any] | Iterable[Any]) -> Callable[[int], Any]:
@@ -385,8 +402,8 @@ def train(
 
     Each step: ``batch = sampler(step)`` (or ``next(sampler)``), ``loss = loss_fn(model, batch)``,
     backward, gradient-norm clipping, optimiser step with the scheduled learning rate, EMA update.
-    Stops after ``config.steps`` steps or once ``config.time_budget_s`` seconds have passed.
-    The model is left in eval mode at the end.
+    Runs ``config.steps`` steps (a benchmark's ``config.time_budget_s`` may stop it earlier; the
+    history then says so). The model is left in eval mode at the end.
 
     Args:
         model: any ``nn.Module``; trained in place, on its own device.
@@ -394,7 +411,7 @@ def train(
             compiled wrapper, which shares the weights.
         sampler: a callable ``step -> batch``, an iterator, or an iterable (cycled), e.g.
             :func:`batch_sampler` or a ``DataLoader``.
-        config: hyperparameters; ``None`` means ``TrainConfig.for_2d(profile())``.
+        config: hyperparameters; ``None`` means ``TrainConfig.from_profile(profile())``.
         optimizer: use this optimiser instead of a new AdamW (its learning rate is still set
             each step from the schedule).
 
@@ -410,7 +427,7 @@ def train(
     if config is None:
         from tutorlib.device import profile
 
-        config = TrainConfig.for_2d(profile())
+        config = TrainConfig.from_profile(profile())
     if config.steps < 0:
         raise ValueError(f"steps must be >= 0, got {config.steps}")
     get_batch = _as_batch_fn(sampler)
@@ -455,7 +472,7 @@ def train(
             if config.time_budget_s is not None and elapsed >= config.time_budget_s:
                 stop_reason = "time_budget"
                 break
-            lr = lr_at(step, config, elapsed)
+            lr = lr_at(step, config)
             if lr != current_lr:  # a constant schedule touches the optimiser once
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -486,8 +503,12 @@ def train(
         bar.close()
         model.eval()
     total = time.perf_counter() - start
+    if stop_reason == "time_budget":
+        warnings.warn(f"training stopped on its time budget of {config.time_budget_s} s after {len(losses)} of "
+                      f"{config.steps} steps: a slower machine stops elsewhere (time budgets are for benchmarks)",
+                      stacklevel=2)
     return TrainHistory(
         steps=steps[: len(losses)], losses=losses, wall_times=wall, lrs=lrs[: len(losses)],
         steps_per_s=len(losses) / total if total > 0 else float("nan"), total_time_s=total,
-        stop_reason=stop_reason, model=model, ema=ema,
+        stop_reason=stop_reason, steps_requested=config.steps, model=model, ema=ema,
     )
