@@ -49,7 +49,7 @@ import torch
 
 from tutorlib import data, metrics, plotting
 from tutorlib.device import get_device, profile, seed_everything
-from tutorlib.exercises import check_energy_distance, check_mmd
+from tutorlib.exercises.lesson00 import check_energy_distance, check_mmd
 from tutorlib.judge import frechet_distance, judge_accuracy
 
 lesson_start = time.perf_counter()

@@ -44,7 +44,7 @@ import torch
 from tutorlib import data, metrics, plotting
 from tutorlib.ddpm import DDPMSchedule, ancestral_sample, cosine_betas, ddim_sample, linear_betas
 from tutorlib.device import get_device, profile, seed_everything
-from tutorlib.exercises import check_ddim_step, check_forward_noising
+from tutorlib.exercises.lesson01 import check_ddim_step, check_forward_noising
 from tutorlib.losses import ddpm_loss
 from tutorlib.judge import frechet_distance, label_entropy, load_judge
 from tutorlib.models import PatchUNet, TimeMLP, count_parameters

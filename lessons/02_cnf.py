@@ -50,7 +50,7 @@ import torch
 
 from tutorlib import data, likelihood, losses, metrics, models, paths, plotting, solvers, train
 from tutorlib.device import get_device, profile, seed_everything
-from tutorlib.exercises import check_divergence_exact, check_hutchinson
+from tutorlib.exercises.lesson02 import check_divergence_exact, check_hutchinson
 
 lesson_start = time.perf_counter()
 device = get_device()

@@ -47,7 +47,8 @@ import torch
 
 from tutorlib import data, metrics, plotting
 from tutorlib.device import get_device, profile, seed_everything
-from tutorlib.exercises import check, check_cfm_target, check_euler_step
+from tutorlib.exercises import Hint, Mistake, check
+from tutorlib.exercises.lesson03 import check_cfm_target, check_midpoint_step, check_polynomial_target
 from tutorlib.likelihood import log_prob
 from tutorlib.losses import cfm_loss
 from tutorlib.models import TimeMLP, count_parameters
@@ -487,13 +488,13 @@ flow_explorer(model_cb, x0_eval[:1000], held_cb[:2000], steps=(100, 20, 10, 5, 2
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1: the CFM target.** Write `cfm_target(x_0, x_1, t)` returning the point `x_t` on
-# the linear path and its velocity `dx_t`, for `x_0`, `x_1` of shape `(B, 2)` and per-sample times
-# `t` of shape `(B,)`.
+# **Exercise 1 (warm-up): the CFM target.** Write `cfm_target(x_0, x_1, t)` returning the pair
+# `(x_t, dx_t)` of section 1: the point of the linear path at time `t` and its velocity, for noise
+# `x_0` and data `x_1` of shape `(B, D)` and per-sample times `t` of shape `(B,)`.
 
 # %%
 def cfm_target(x_0, x_1, t):
-    # TODO: return (x_t, dx_t) with x_t = (1 - t) x_0 + t x_1 and dx_t = x_1 - x_0
+    # TODO: the point on the linear path at time t, and its velocity
     raise NotImplementedError
 
 
@@ -507,31 +508,56 @@ def cfm_target(x_0, x_1, t):
 check_cfm_target(cfm_target)
 
 # %% [markdown]
-# **Exercise 2: one Euler step.** Write `euler_step(velocity, x, t, dt)` returning the state after
-# one Euler step of size `dt` (a float) from the states `x` `(B, 2)` at times `t` `(B,)`; the
-# field is called as `velocity(x, t)`.
+# **Exercise 2: another path.** The linear path is one affine path $x_t = \alpha_t x_1 + \sigma_t x_0$
+# among many (lesson 04). Take $\alpha_t = t^n$, $\sigma_t = 1 - t^n$ for an exponent $n > 0$: the noise
+# fades slowly at first and fast at the end. Write `polynomial_target(x_0, x_1, t, n)` returning
+# `(x_t, dx_t)` for this path; `dx_t` is the time derivative of `x_t` for fixed `x_0`, `x_1`. The check
+# varies `n`.
 
 # %%
-def euler_step(velocity, x, t, dt):
-    # TODO: one explicit Euler step
+def polynomial_target(x_0, x_1, t, n):
+    # TODO: x_t and its time derivative for alpha_t = t^n, sigma_t = 1 - t^n
     raise NotImplementedError
 
 
 # %% tags=["solution", "hide-input"]
-def euler_step(velocity, x, t, dt):
-    return x + dt * velocity(x, t)
+def polynomial_target(x_0, x_1, t, n):
+    t_ = t[:, None]  # (B, 1)
+    alpha, d_alpha = t_ ** n, n * t_ ** (n - 1)  # (B, 1) each; sigma_t = 1 - alpha_t, d_sigma_t = -d_alpha_t
+    return alpha * x_1 + (1 - alpha) * x_0, d_alpha * (x_1 - x_0)
 
 
 # %%
-check_euler_step(euler_step)
+check_polynomial_target(polynomial_target)
 
 # %% [markdown]
-# **Exercise 3: the marginal velocity of one Gaussian.** Let the data be a single Gaussian,
+# **Exercise 3: a midpoint step.** Section 6 compared Euler with the midpoint method, which probes the
+# field half a step ahead before it takes the step. Write one step of it, `midpoint_step(velocity, x, t,
+# dt)`: states `x` `(B, D)` at times `t` `(B,)`, a float step `dt`, and the field called as
+# `velocity(x, t)`. It costs two evaluations of the field.
+
+# %%
+def midpoint_step(velocity, x, t, dt):
+    # TODO: one step of the midpoint method (two evaluations of the velocity)
+    raise NotImplementedError
+
+
+# %% tags=["solution", "hide-input"]
+def midpoint_step(velocity, x, t, dt):
+    x_mid = x + 0.5 * dt * velocity(x, t)  # (B, D): half an Euler step
+    return x + dt * velocity(x_mid, t + 0.5 * dt)  # (B, D)
+
+
+# %%
+check_midpoint_step(midpoint_step)
+
+# %% [markdown]
+# **Exercise 4: the marginal velocity of one Gaussian.** Let the data be a single Gaussian,
 # $p_1 = \mathcal N(\mu, s^2 I)$. On the linear path, $x_t \sim \mathcal N(t\mu, v_t I)$ with
 # $v_t = t^2 s^2 + (1-t)^2$. Using Gaussian conditioning,
 # $\mathbb E[x_1 \mid x_t] = \mu + t s^2 (x_t - t\mu)/v_t$ and $\mathbb E[x_0 \mid x_t] = (1-t)(x_t - t\mu)/v_t$.
 # Write `gaussian_marginal_velocity(x, t, mu, s)` returning $u_t(x) = \mathbb E[x_1 - x_0 \mid x_t = x]$
-# for `x` `(B, 2)`, `t` `(B,)`, `mu` `(2,)` and a float `s`. The check compares it with
+# for `x` `(B, D)`, `t` `(B,)`, `mu` `(D,)` and a float `s`. The check compares it with
 # `gmm_marginal_velocity` for a one-component mixture.
 
 # %%
@@ -550,10 +576,10 @@ def gaussian_marginal_velocity(x, t, mu, s):
 
 # %%
 def _gaussian_inputs(g):
-    B = int(torch.randint(5, 13, (1,), generator=g))
-    return {"x": 2 * torch.randn(B, 2, generator=g, dtype=torch.float64),
+    B, D = int(torch.randint(5, 13, (1,), generator=g)), int(torch.randint(2, 4, (1,), generator=g))
+    return {"x": 2 * torch.randn(B, D, generator=g, dtype=torch.float64),
             "t": 0.98 * torch.rand(B, generator=g, dtype=torch.float64),
-            "mu": 3 * torch.randn(2, generator=g, dtype=torch.float64),
+            "mu": 3 * torch.randn(D, generator=g, dtype=torch.float64),
             "s": 0.1 + float(torch.rand((), generator=g))}
 
 
@@ -561,8 +587,16 @@ def _gaussian_reference(x, t, mu, s):
     return gmm_marginal_velocity(path, x, t, mu[None], torch.tensor([s], dtype=x.dtype), torch.ones(1, dtype=x.dtype))
 
 
+def _posterior_mean(x, t, mu, s):  # a likely slip: E[x_1 | x_t] alone, without subtracting E[x_0 | x_t]
+    t_ = t[:, None]
+    return mu + t_ * s ** 2 * (x - t_ * mu) / (t_ ** 2 * s ** 2 + (1 - t_) ** 2)
+
+
 check(gaussian_marginal_velocity, _gaussian_reference, _gaussian_inputs, name="gaussian_marginal_velocity",
-      hints={"must match the size": "t has shape (B,): use t[:, None] to broadcast against x (B, 2)"})
+      mistakes=[Mistake("E[x_1 | x_t] alone", _posterior_mean,
+                        "the velocity of the linear path is x_1 - x_0: subtract E[x_0 | x_t = x] as well")],
+      hints=[Hint("exception", "t has shape (B,): use t[:, None] to broadcast against x (B, D)",
+                  match="must match the size")])
 
 # %% [markdown]
 # ## Summary

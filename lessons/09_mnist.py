@@ -60,7 +60,7 @@ from torch import nn
 from tutorlib import plotting
 from tutorlib.data import load_mnist
 from tutorlib.device import get_device, profile, seed_everything
-from tutorlib.exercises import check, check_cfg_velocity, check_label_dropout
+from tutorlib.exercises.lesson09 import check_cfg_velocity, check_cfg_zero_init, check_label_dropout
 from tutorlib.guidance import cfg_velocity, guided_velocity, zero_star_scale
 from tutorlib.judge import feature_spread, frechet_distance, judge_accuracy, load_judge
 from tutorlib.models import UNet, count_parameters
@@ -495,14 +495,14 @@ guidance_explorer(lambda w: sample_digits(model, explore_labels, w=w, nfe=recipe
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1: label dropout.** Write `label_dropout(y, p, null_class, generator)` returning a **new**
-# int64 tensor of shape `(B,)` in which each label of `y` is replaced by `null_class` independently with
-# probability `p`. Draw the coin flips from `generator` (a `torch.Generator`), not from the global seed.
-# The check tests `p = 0` and `p = 1`, reproducibility under a generator, and the dropout rate on many labels.
+# **Exercise 1 (warm-up): label dropout.** Write `label_dropout(y, p, null_class, generator)` returning a
+# **new** int64 tensor of shape `(B,)` in which each label of `y` is replaced by `null_class` independently
+# with probability `p`, the randomness drawn from `generator` (a `torch.Generator`), not from the global
+# seed. The check varies the null class and `p`, and looks at the statistics of what you drop.
 
 # %%
 def label_dropout(y, p, null_class, generator):
-    # TODO: one uniform draw per label; where it falls below p, put null_class
+    # TODO: drop each label independently with probability p
     raise NotImplementedError
 
 
@@ -523,7 +523,7 @@ check_label_dropout(label_dropout)
 
 # %%
 def cfg_one_pass(model, x, t, y, w):
-    # TODO: concatenate, call the model once, split the output into v_c and v_u, combine
+    # TODO: one call of model on the doubled batch, then the guided combination
     raise NotImplementedError
 
 
@@ -540,33 +540,33 @@ def cfg_one_pass(model, x, t, y, w):
 check_cfg_velocity(cfg_one_pass)
 
 # %% [markdown]
-# **Exercise 3: CFG-Zero*'s scale.** Write `star_scale(v_cond, v_uncond)` returning, for each sample, the
-# $s^*$ that minimises $\lVert v_c - s\, v_u \rVert^2$, that is $s^* = \langle v_c, v_u\rangle / \lVert v_u\rVert^2$
-# with the inner product over all pixels of a sample. Inputs have shape `(B, 1, H, W)`; the output `(B,)`.
-# The check compares it with `tutorlib.guidance.zero_star_scale`.
+# **Exercise 3: CFG-Zero* with zero-init.** Section 6 met CFG-Zero*: the unconditional velocity is first
+# rescaled by the per-sample factor $s^* = \langle v_c, v_u\rangle / \lVert v_u\rVert^2$ (the inner product over
+# all pixels of a sample), then combined as $s^* v_u + w (v_c - s^* v_u)$; and with **zero-init** the
+# velocity is set to zero for the earliest times, where an imperfect model points the wrong way. Write
+# `cfg_zero_init(model, x, t, y, w, zero_until)`: like `cfg_one_pass` (one model call), with the rescaled
+# combination, and zero for every sample with `t < zero_until`.
 
 # %%
-def star_scale(v_cond, v_uncond):
-    # TODO: flatten each sample, then a per-sample inner product divided by a per-sample squared norm
+def cfg_zero_init(model, x, t, y, w, zero_until):
+    # TODO: one model call, s* per sample, the CFG-Zero* combination, zero where t < zero_until
     raise NotImplementedError
 
 
 # %% tags=["solution", "hide-input"]
-def star_scale(v_cond, v_uncond):
-    B = v_cond.shape[0]
-    vc, vu = v_cond.reshape(B, -1), v_uncond.reshape(B, -1)  # (B, D)
-    return (vc * vu).sum(1) / vu.square().sum(1)  # (B,)
+def cfg_zero_init(model, x, t, y, w, zero_until):
+    B = x.shape[0]
+    y_null = torch.full_like(y, model.null_class)  # (B,)
+    out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y_null]))  # (2B, 1, 28, 28)
+    v_c, v_u = out[:B], out[B:]
+    s = (v_c * v_u).reshape(B, -1).sum(1) / v_u.square().reshape(B, -1).sum(1)  # (B,) per-sample s*
+    v_u = s[:, None, None, None] * v_u  # (B, 1, 28, 28)
+    v = v_u + w * (v_c - v_u)
+    return v * (t >= zero_until).to(v.dtype)[:, None, None, None]  # zero-init: nothing moves before zero_until
 
 
 # %%
-def _star_inputs(g):
-    B, H = int(torch.randint(5, 10, (1,), generator=g)), int(torch.randint(3, 8, (1,), generator=g))
-    v_u = torch.randn(B, 1, H, H, generator=g, dtype=torch.float64)
-    return {"v_cond": 1.3 * v_u + 0.5 * torch.randn(B, 1, H, H, generator=g, dtype=torch.float64), "v_uncond": v_u}
-
-
-check(star_scale, zero_star_scale, _star_inputs, name="star_scale",
-      hints={"wrong shape": "one s* per sample: sum over every dimension but the first, e.g. after reshape(B, -1)"})
+check_cfg_zero_init(cfg_zero_init)
 
 # %% [markdown]
 # **Going further (no self-check).** Change the recipe in the setup cell, e.g.

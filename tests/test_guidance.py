@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from tutorlib.exercises import check_guided_velocity
+from tutorlib.exercises.lesson08 import check_guided_velocity
 from tutorlib.data import LabelledBatch, labelled_batches
 from tutorlib.metrics import within_class_spread
 from tutorlib.guidance import (
