@@ -1,5 +1,5 @@
-# The course's two commands:  `make course`  and  `make test`.
-# Both create (or reuse) a virtual environment in .venv, install what they need, and are
+# The course's commands:  `make course`, `make test`, `make verify` and `make lab`.
+# Each creates (or reuses) a virtual environment in .venv, installs what it needs, and is
 # idempotent: a second run with nothing changed skips the install and the cached work.
 
 PYTHON ?= python3
@@ -7,12 +7,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tutorlib-installed
 export TUTORLIB_PROFILE ?= standard
+# Sleeping, not spinning, OpenMP threads: all cores stay fast when a browser competes for one
+# (bench/bench_threads.py; tutorlib.device.default_threads). Read when torch is imported.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: course test lab book serve-book install clean help
+.PHONY: course test verify lab book serve-book install clean help
 
 help:
 	@echo "make course   install, run every lesson ($$TUTORLIB_PROFILE, default standard) and build the book"
 	@echo "make test     install and run every test (library, lessons in the smoke profile, book)"
+	@echo "make verify   run every lesson in the smoke and standard profiles, check its claims, record its time"
 	@echo "make lab      open the lessons in JupyterLab (.py lessons open as notebooks)"
 	@echo "make serve-book  serve the built book on port $(BOOK_PORT), e.g. to a classroom"
 
@@ -22,7 +26,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install -e ".[test,book]"
+	$(PY) -m pip install -e ".[lab,test,book]"
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +35,12 @@ install: $(STAMP)
 test: export TUTORLIB_PROFILE = smoke
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The claims command: every lesson top to bottom, strict, in each profile; writes lessons/claims.json
+# and the lessons' run-time lines. VERIFY_ARGS="--lessons 03 09" runs some lessons only.
+VERIFY_PROFILES ?= smoke standard
+verify: $(STAMP)
+	$(PY) scripts/verify_lessons.py --profiles $(VERIFY_PROFILES) $(VERIFY_ARGS)
 
 book: $(STAMP)
 	$(PY) book/course.py build-book

@@ -179,15 +179,35 @@ def toc_yaml(lessons: list[Lesson]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CLAIMS = ROOT / "lessons" / "claims.json"  # written by the claims command, scripts/verify_lessons.py
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def run_time_table(lessons: list[Lesson]) -> str:
-    """A markdown table of each lesson's measured run times, as its header states them."""
-    rows = ["| lesson | CPU, standard profile | GPU, standard profile | smoke profile (tests) |",
-            "|---|---|---|---|"]
+    """A markdown table of each lesson's run times, as the claims command measured them (lessons/claims.json)."""
+    import json
+
+    record = json.loads(CLAIMS.read_text()).get("lessons", {}) if CLAIMS.is_file() else {}
+    rows = ["| lesson | CPU, standard profile | GPU, standard profile | smoke profile (tests) | claims checked |",
+            "|---|---|---|---|---|"]
     for ls in lessons:
-        rt = ls.run_time
-        cells = [rt.get(k, "not stated") for k in ("cpu", "gpu", "smoke")]
-        cells = [c.replace("|", "\\|") for c in cells]
-        rows.append(f"| {{doc}}`{ls.title} </{ls.docname}>` | " + " | ".join(cells) + " |")
+        entry = record.get(ls.path.stem, {})
+
+        def cell(key: str) -> str:
+            run = entry.get(key)
+            if not run:
+                return "not measured yet"
+            where = f"{run['machine']['cores']}-core CPU" if key != "standard@cuda" else run["machine"].get("gpu", "GPU")
+            return f"{_duration(run['seconds'])} ({where}, {run['date']})" + ("" if run["passed"] else ", FAILED")
+
+        std = entry.get("standard") or {}
+        n_claims = sum(1 for c in std.get("claims", []) if c.get("asserted", True))
+        claims = f"{n_claims} (standard)" if std else "–"
+        rows.append(f"| {{doc}}`{ls.title} </{ls.docname}>` | {cell('standard')} | {cell('standard@cuda')} | "
+                    f"{cell('smoke')} | {claims} |")
     return "\n".join(rows) + "\n"
 
 
@@ -356,8 +376,31 @@ def kernel_ipython_dir() -> Path:
     return folder
 
 
+def execution_failures(out: Path) -> list[tuple[str, str]]:
+    """``(page, error)`` for every page of the book whose notebook did not execute to the end.
+
+    Read from the build's execution cache: a notebook that failed has no cached result, and its
+    project record keeps the traceback. This holds on a later build too, which re-uses the cache and
+    would otherwise say nothing about the failure.
+    """
+    from jupyter_cache import get_cache
+
+    folder = out / "_build" / ".jupyter_cache"
+    if not folder.is_dir():
+        return []
+    cache = get_cache(str(folder))
+    failures = []
+    for record in cache.list_project_records():
+        uri = Path(record.uri)
+        if not uri.exists() or BOOK not in uri.parents:
+            continue  # a page that is no longer part of the book
+        if cache.get_cached_project_nb(record.uri) is None:
+            failures.append((str(uri.relative_to(BOOK)), record.traceback or "not executed (no cached result)"))
+    return failures
+
+
 def build_book(strict: bool = False) -> int:
-    """Build the HTML book of the current profile; returns the exit code."""
+    """Build the HTML book of the current profile; returns the exit code (non-zero if any page failed)."""
     if not ROOT.joinpath("pyproject.toml").is_file():
         raise SystemExit("book/course.py works from a clone of the course repository (no pyproject.toml found)")
     sync_lessons()
@@ -366,6 +409,7 @@ def build_book(strict: bool = False) -> int:
     env = dict(os.environ)
     env.setdefault("TUTORLIB_PROFILE", "standard")
     env.setdefault("TUTORLIB_STATIC_WIDGETS", "1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # tutorlib.device.default_threads: all cores, degrading gracefully
     env["IPYTHONDIR"] = str(kernel_ipython_dir())
     out = output_dir(env["TUTORLIB_PROFILE"])
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(BOOK), "--path-output", str(out)]
@@ -374,8 +418,16 @@ def build_book(strict: bool = False) -> int:
     start = time.perf_counter()
     print(f"building the book in profile {env['TUTORLIB_PROFILE']!r}: {' '.join(cmd)}", flush=True)
     code = subprocess.call(cmd, env=env, cwd=ROOT)
-    print(f"book build finished in {time.perf_counter() - start:.0f} s with exit code {code}; "
-          f"open {out / '_build' / 'html' / 'index.html'}")
+    failures = execution_failures(out)
+    for page, error in failures:
+        tail = "\n".join(error.strip().splitlines()[-15:])
+        print(f"\n{page} FAILED to execute in the {env['TUTORLIB_PROFILE']} profile:\n{tail}", file=sys.stderr,
+              flush=True)
+    if failures and code == 0:
+        code = 1
+    print(f"book build finished in {time.perf_counter() - start:.0f} s with exit code {code}"
+          + (f" ({len(failures)} page(s) failed: {', '.join(p for p, _ in failures)})" if failures else "")
+          + f"; open {out / '_build' / 'html' / 'index.html'}")
     return code
 
 

@@ -49,14 +49,16 @@ import time
 import torch
 
 from tutorlib import data, likelihood, losses, metrics, models, paths, plotting, solvers, train
-from tutorlib.device import get_device, profile, seed_everything
+from tutorlib.claims import claim
+from tutorlib.device import get_device, profile, seed_everything, set_threads
 from tutorlib.exercises.lesson02 import check_divergence_exact, check_hutchinson
 
 lesson_start = time.perf_counter()
 device = get_device()
+threads = set_threads()
 gen = seed_everything(0)
 P = profile()
-print(f"torch {torch.__version__} on {device}; profile {P.name!r}")
+print(f"torch {torch.__version__} on {device} ({threads} CPU threads); profile {P.name!r}")
 
 # %% [markdown]
 # ## 1. The instantaneous change of variables
@@ -185,17 +187,18 @@ for b in range(4):
 
 for name, est in estimates.items():
     se = est.std(0) / math.sqrt(n_probes)  # (4,)
-    assert bool(((est.mean(0) - exact).abs() <= 5 * se + 1e-12).all()), f"{name}: the mean is off: biased?"
+    claim(f"{name} probes: largest |mean - exact| in standard errors", float(((est.mean(0) - exact).abs() / se).max()),
+          at_most=5.0)
     ratio = est.var(0) / var_theory[name]
-    if P.name != "smoke":
-        assert bool(((ratio > 0.8) & (ratio < 1.25)).all()), f"{name}: variance ratio {ratio}"
+    claim(f"{name} probes: variance / theory, farthest from 1", float(ratio.log().abs().max().exp()),
+          at_most={"standard": 1.25, "smoke": 1.6})
 var_ratio = estimates["rademacher"].var(0) / estimates["gaussian"].var(0)  # (4,)
 print("variance ratio rademacher / gaussian per point:", var_ratio.numpy().round(3))
-assert bool((var_ratio < 1).all())
+claim("Rademacher / Gaussian probe variance, largest over the points", float(var_ratio.max()), at_most=1.0)
 
 # %% [markdown]
 # Both means sit on the exact divergence (unbiased); the per-probe variances match the formulas
-# (asserted within a factor of 1.25), and the Rademacher column is the smaller one at every point. The printed ratio
+# (claimed within a factor of 1.25), and the Rademacher column is the smaller one at every point. The printed ratio
 # is close to one here because most of this random Jacobian lies off the diagonal; the more of $J$
 # sits on its diagonal, the more Rademacher probes gain.
 # Averaging $k$ probes divides the variance by $k$: the standard deviation of the estimate falls
@@ -340,8 +343,8 @@ for name, fig in (("CNF", fig_model), ("true", fig_true)):
     cell = (fig.data[0].x[1] - fig.data[0].x[0]) ** 2  # area of one grid cell
     mass[name] = fig.data[0].z.sum() * cell
     print(f"{name:5s} density: mass on the plotted square {mass[name]:.3f}, peak density {fig.data[0].z.max():.3f}")
-if P.name != "smoke":
-    assert 0.85 < mass["CNF"] < 1.05, mass
+claim("the CNF density's mass on the plotted square", mass["CNF"], at_least={"standard": 0.85, "smoke": 0.5},
+      at_most={"standard": 1.05, "smoke": 1.3})
 fig_model
 
 # %%
@@ -377,14 +380,16 @@ for name, v in nll.items():
 kl = lp_true - ev.log_prob  # (N,) paired differences log p_data - log p_CNF
 print(f"KL(data || CNF) ≈ {kl.mean():.3f} ± {kl.std() / math.sqrt(n):.3f} nats;  "
       f"bits per dim {likelihood.bits_per_dim(ev.log_prob, 2).mean():.3f};  dopri5 used {ev.nfe} evaluations")
-assert kl.mean() > -5 * kl.std() / math.sqrt(n), "a model beat the true density: the solver is being exploited"
-if P.name != "smoke":
-    assert nll["CNF (dopri5, tol 1e-5)"].mean() < nll["best single Gaussian"].mean()
-    assert (ev_train_solver.log_prob - ev.log_prob).mean().abs() < 0.2, "training solver and dopri5 disagree"
+claim("KL(data || CNF) in standard errors (below -5: a model beat the true density, the solver exploited)",
+      float(kl.mean() / (kl.std() / math.sqrt(n))), at_least=-5.0)
+claim("held-out NLL: CNF minus the best single Gaussian (nats)",
+      float(nll["CNF (dopri5, tol 1e-5)"].mean() - nll["best single Gaussian"].mean()), at_most={"standard": 0.0})
+claim("|training solver NLL - dopri5 NLL| (nats)", float((ev_train_solver.log_prob - ev.log_prob).mean().abs()),
+      at_most={"standard": 0.2, "smoke": 1.0})
 
 # %% [markdown]
-# The CNF is far better than the best Gaussian and does not beat the entropy (both asserted); the
-# printed KL is what is left to win. The training solver's NLL agrees with the adaptive one (the assert
+# The CNF is far better than the best Gaussian and does not beat the entropy (both claimed); the
+# printed KL is what is left to win. The training solver's NLL agrees with the adaptive one (the claim
 # checks that they are within 0.2 nats): the random clock kept the coarse solver from being exploited.
 #
 # Hutchinson's estimator plugs into the same call (`divergence="hutchinson"`); since the trajectory
@@ -399,7 +404,8 @@ err_h = ev_h.log_prob - ev_train_solver.log_prob  # (N,) estimate minus exact, s
 print(f"Hutchinson (1 Rademacher probe) NLL {-ev_h.log_prob.mean():.3f} "
       f"vs exact {-ev_train_solver.log_prob.mean():.3f}; per-point error std {err_h.std():.3f} nats, "
       f"mean error {err_h.mean():+.4f} ± {err_h.std() / math.sqrt(n):.4f}")
-assert err_h.mean().abs() < 5 * err_h.std() / math.sqrt(n) + 1e-6
+claim("Hutchinson NLL error in standard errors", float(err_h.mean().abs() / (err_h.std() / math.sqrt(n) + 1e-12)),
+      at_most=5.0)
 
 # %% [markdown]
 # ## 5. What simulation costs during training
@@ -436,12 +442,11 @@ print(f"{'flow matching':24s} {1:>9d} {s_fm:>9.4f}")
 print(f"one maximum-likelihood step costs as much as {ratio:.0f} flow-matching steps")
 print(f"in the CNF's {cnf_hist.total_time_s:.0f} s, flow matching would have taken about "
       f"{cnf_hist.total_time_s / s_fm:,.0f} steps (the CNF took {len(cnf_hist.losses)})")
-if P.name != "smoke":
-    assert ratio > 10, ratio
+claim("seconds per maximum-likelihood step / per flow-matching step", ratio, at_least={"standard": 10, "smoke": 3})
 
 # %% [markdown]
 # The printed ratio is the whole argument for lesson 03: for the price of one likelihood step, flow
-# matching takes tens of steps (the assert checks more than ten), and the gap widens with the
+# matching takes tens of steps (the claim checks more than ten), and the gap widens with the
 # dimension (exact divergences cost $D$ passes) and with the stiffness of the learned field (an
 # adaptive solver needs ever more steps as training sharpens the flow). Maximum likelihood remains
 # the right way to *evaluate* a flow; lesson 03 trains without simulation and then reuses this

@@ -46,7 +46,8 @@ import time
 import torch
 
 from tutorlib import data, metrics, plotting
-from tutorlib.device import get_device, profile, seed_everything
+from tutorlib.claims import claim
+from tutorlib.device import get_device, profile, seed_everything, set_threads
 from tutorlib.exercises import Hint, Mistake, check
 from tutorlib.exercises.lesson03 import check_cfm_target, check_midpoint_step, check_polynomial_target
 from tutorlib.likelihood import log_prob
@@ -59,9 +60,10 @@ from tutorlib.widgets import flow_explorer
 
 lesson_start = time.perf_counter()
 device = get_device()
+threads = set_threads()
 gen = seed_everything(0)
 P = profile()
-print(f"torch {torch.__version__} on {device}; profile {P.name!r}")
+print(f"torch {torch.__version__} on {device} ({threads} CPU threads); profile {P.name!r}")
 
 # %% [markdown]
 # ## 1. Conditional paths: the linear (OT) path
@@ -137,7 +139,8 @@ cluster_means = torch.stack([x_lab[y_lab == k].mean(0) for k in range(8)])  # (8
 cluster_stds = torch.stack([x_lab[y_lab == k].std(0) for k in range(8)])  # (8, 2)
 print(f"largest |cluster mean - centre| = {(cluster_means - means).abs().max():.3f}, "
       f"cluster stds in [{cluster_stds.min():.3f}, {cluster_stds.max():.3f}]")
-assert (cluster_means - means).abs().max() < 0.05 and (cluster_stds - 0.2).abs().max() < 0.03
+claim("largest |cluster mean - centre|", float((cluster_means - means).abs().max()), at_most={"standard": 0.05, "smoke": 0.1})
+claim("largest |cluster std - 0.2|", float((cluster_stds - 0.2).abs().max()), at_most={"standard": 0.03, "smoke": 0.06})
 
 # %% [markdown]
 # First check that the oracle really is a generator: solve $dx/dt = u_t(x)$ from noise with 100
@@ -233,12 +236,13 @@ print("from-scratch CFM loss and Euler sampler agree with tutorlib.losses.cfm_lo
 # %% [markdown]
 # From now on we use the library: `cfm_loss(model, path, x_0, x_1, t)` takes any affine path
 # (lesson 04) and `ode_solve` any solver. One training step draws a data batch, fresh noise and
-# uniform times; `tutorlib.train.train` runs the loop (AdamW, warm-up and cosine decay, gradient
-# clipping; peak learning rate 3e-3, the course's measured 2D recipe). At this short length,
-# averaging the weights (EMA 0.999) lags behind the trained weights, so we switch it off.
+# uniform times; `tutorlib.train.train` runs the loop with the course's measured 2D recipe
+# (`TrainConfig.from_profile(P)`: AdamW at a peak learning rate of 3e-3, warm-up and cosine decay,
+# gradient clipping, and an exponential moving average (EMA) of the weights, which lesson 09 explains).
+# We keep the averaged weights: `hist.ema.copy_to(model)` puts them into the trained network.
 
 # %%
-cfg = TrainConfig.from_profile(P).replace(ema_decay=None)
+cfg = TrainConfig.from_profile(P)
 
 
 def fm_loss_fn(model, x_1):
@@ -254,7 +258,8 @@ print(f"TimeMLP: {count_parameters(model_8g):,} parameters; {cfg.steps} steps, b
 hist_8g = train(model_8g, fm_loss_fn,
                 lambda step: data.eight_gaussians(P.batch_2d, generator=gen, device=device),
                 cfg.replace(desc="eight_gaussians"))
-print(f"trained in {hist_8g.total_time_s:.1f} s ({hist_8g.steps_per_s:.0f} steps/s), final loss {hist_8g.final_loss:.3f}")
+hist_8g.ema.copy_to(model_8g)  # keep the averaged weights
+print(f"trained: {hist_8g.describe()}")
 
 # %% [markdown]
 # ## 4. Does CFM learn the marginal field? A numerical proof on the mixture
@@ -276,11 +281,11 @@ with torch.no_grad():
         mse, size = (v - u).square().sum(1).mean().item(), u.square().sum(1).mean().item()
         rel_errors.append(mse / size)
         print(f"t = {tv:.1f}:  E|v - u|^2 = {mse:.4f}   E|u|^2 = {size:.3f}   relative {mse / size:.4f}")
-if P.name != "smoke":
-    assert max(rel_errors) < 0.05, rel_errors
+claim("CFM-trained field vs the closed-form marginal field: largest relative error over t", max(rel_errors),
+      at_most={"standard": 0.05, "smoke": 0.6})
 
 # %% [markdown]
-# The cell above prints relative errors of a few percent at most (it asserts below 5% in the
+# The cell above prints relative errors of a few percent at most (its claim: below 5 % in the
 # standard profile): the network has learned the marginal field although no training target was
 # ever a value of it.
 #
@@ -322,9 +327,10 @@ for name, m in {"initial": model_init, "trained": model_8g}.items():
     grad_stats[name] = (cos, rel)
     print(f"{name:8s} L_CFM = {loss_cfm.item():.4f}  L_FM = {loss_fm.item():.4f}  difference {loss_cfm.item() - loss_fm.item():.4f}"
           f"   |grad FM| = {grad_fm.norm():.2e}  cosine(grad CFM, grad FM) = {cos:.5f}  relative difference {rel:.3f}")
-assert grad_stats["initial"][0] > 0.99
-if P.name != "smoke":
-    assert grad_stats["initial"][0] > 0.999 and grad_stats["initial"][1] < 0.05, grad_stats
+claim("cosine(grad CFM, grad FM) at the initial parameters", grad_stats["initial"][0],
+      at_least={"standard": 0.999, "smoke": 0.99})
+claim("|grad CFM - grad FM| / |grad FM| at the initial parameters", grad_stats["initial"][1],
+      at_most={"standard": 0.05, "smoke": 0.15})
 
 # %% [markdown]
 # Read the cell above row by row:
@@ -332,7 +338,7 @@ if P.name != "smoke":
 # - the two losses differ a lot, by about the same amount for both parameter sets, and that
 #   amount is close to $C$ (exact agreement only in expectation: the cross term averages to zero
 #   over the batch);
-# - at the initial parameters the two gradients point the same way (cosine close to 1, asserted
+# - at the initial parameters the two gradients point the same way (cosine close to 1, claimed
 #   above 0.999 in the standard profile) and differ by a few percent;
 # - at the trained parameters the FM gradient is tiny (the network already matches $u_t$), so
 #   what is left of the CFM gradient is mostly its zero-mean noise, and the cosine drops. This
@@ -363,14 +369,20 @@ fig
 model_cb = TimeMLP.from_profile(P).to(device)
 hist_cb = train(model_cb, fm_loss_fn, lambda step: data.checkerboard(P.batch_2d, generator=gen, device=device),
                 cfg.replace(desc="checkerboard"))
-print(f"trained in {hist_cb.total_time_s:.1f} s, final loss {hist_cb.final_loss:.3f}")
+hist_cb.ema.copy_to(model_cb)
+print(f"trained: {hist_cb.describe()}")
 held_cb = data.checkerboard(P.n_eval_2d, generator=gen, device=device)  # (N, 2) held-out data
 x_gen = ode_solve(model_cb, x0_eval, method="euler", steps=100).x  # (N, 2)
+inside = float(data.in_checkerboard(x_gen).float().mean())
+print(f"share of the samples inside a filled square: {inside:.1%} (the data: 100 %)")
+claim("checkerboard, 100 Euler steps: share of samples inside a filled square", inside,
+      at_least={"standard": 0.9, "smoke": 0.5})
 plotting.scatter_2d({"held-out data": held_cb[:2000], "flow matching, 100 Euler steps": x_gen[:2000]},
                     title="checkerboard: data vs samples")
 
 # %% [markdown]
-# The samples fill the eight squares; a few stray into the gaps, mostly near corners.
+# The samples fill the eight squares (the cell prints the share inside them); the few that stray
+# into the gaps sit mostly near corners.
 
 # %% [markdown]
 # ## 6. Euler vs midpoint: quality against NFE
@@ -395,6 +407,10 @@ print(f"noise floor (n = {P.n_eval_2d}): {floor_cb.mean:.5f} ± {floor_cb.std:.5
 for i, nfe in enumerate(nfes):
     print(f"NFE {nfe:4d}: Euler {ed['euler'][i]:.5f} ({floor_cb.ratio(ed['euler'][i]):5.2f} x floor)   "
           f"midpoint {ed['midpoint'][i]:.5f} ({floor_cb.ratio(ed['midpoint'][i]):5.2f} x floor)")
+for small in (4, 10):
+    i = nfes.index(small)
+    claim(f"checkerboard, {small} NFE: midpoint / Euler (energy distance)", ed["midpoint"][i] / ed["euler"][i],
+          at_most={"standard": 1.0})
 plotting.metric_curves({m: (nfes, v) for m, v in ed.items()}, "NFE (network evaluations)", "energy distance",
                        floor=floor_cb, log_y=True, title="checkerboard: sample quality against NFE")
 
@@ -415,12 +431,14 @@ ed_10 = metrics.model_score(euler_sampler(model_cb, 10), data.checkerboard, P.n_
 print(f"noise floor: {floor_cb} (n = {P.n_eval_2d}, {repeats} draws)")
 for name, score in {"100 Euler steps": ed_100, " 10 Euler steps": ed_10}.items():
     print(f"flow matching, {name}: energy distance {score} = {floor_cb.ratio(score):.2f} x the noise floor")
-if P.name != "smoke":
-    assert ed_100.mean <= 2 * floor_cb.mean, (ed_100, floor_cb)
+claim("checkerboard, 100 Euler steps: energy distance / noise floor", floor_cb.ratio(ed_100),
+      at_most={"standard": 2.0, "smoke": 30.0})
+claim("checkerboard: 10 Euler steps / 100 Euler steps (energy distance)", ed_10.mean / ed_100.mean,
+      at_least={"standard": 1.0})
 
 # %% [markdown]
-# The cell above checks (standard profile) that 100 Euler steps land within twice the noise
-# floor.
+# The cell above claims (standard profile) that 100 Euler steps land within twice the noise
+# floor, and that 10 steps are worse.
 
 # %% [markdown]
 # ## 7. Exact log-likelihood with the lesson-02 machinery
@@ -435,8 +453,10 @@ if P.name != "smoke":
 # exact divergence: two autograd passes in 2D). On eight Gaussians the true density is known
 # (`data.gmm_log_prob`), so we can compare. First a check of the machinery itself: the oracle
 # flow carries $\mathcal N(0, I)$ *exactly* to the mixture, so its likelihood must equal the
-# mixture's (in float64, up to the solver's tolerance, here $10^{-7}$). For the float32 network we
-# loosen the tolerance to $10^{-4}$: the divergence stays exact, the solver takes fewer, coarser steps.
+# mixture's, in float64, up to the solver's error: at a tolerance of $10^{-7}$ per step the error
+# accumulated along the path stays of order $10^{-5}$ (the cell prints it; the claim asks for less than
+# $10^{-4}$). For the float32 network we loosen the tolerance to $10^{-4}$: the divergence stays exact,
+# the solver takes fewer, coarser steps.
 
 # %%
 x_ll = data.eight_gaussians(P.n_eval_2d // 4, generator=gen, device=device)  # (M, 2) held-out points
@@ -446,19 +466,18 @@ lp_oracle = log_prob(lambda x, t: gmm_marginal_velocity(path, x, t, means64, std
                      atol=1e-7, rtol=1e-7)
 gap_oracle = (lp_oracle.log_prob - data.gmm_log_prob(x_ll.double(), means64, stds64)).abs().max().item()
 print(f"oracle flow: largest |log p_flow - log p_true| = {gap_oracle:.2e} over {x_ll.shape[0]} points ({lp_oracle.nfe} NFE)")
-assert gap_oracle < 1e-3
+claim("oracle flow: largest |log p_flow - log p_true| (float64, tolerance 1e-7)", gap_oracle, at_most=1e-4)
 
 start = time.perf_counter()
 lp_model = log_prob(model_8g, x_ll, method="dopri5", divergence="exact", atol=1e-4, rtol=1e-4)
 nll_model, nll_true = -lp_model.log_prob.mean().item(), -true_lp.mean().item()
 print(f"trained model: NLL {nll_model:.4f} nats vs the true NLL {nll_true:.4f} "
       f"(gap {nll_model - nll_true:+.4f}; {lp_model.nfe} NFE, {time.perf_counter() - start:.1f} s)")
-if P.name != "smoke":
-    assert abs(nll_model - nll_true) < 0.1
+claim("trained model: |NLL - true NLL| (nats)", abs(nll_model - nll_true), at_most={"standard": 0.1, "smoke": 1.5})
 
 # %% [markdown]
 # The gap between the two NLLs estimates $\mathrm{KL}(p_{data} \,\Vert\, p_\theta)$; the cell above
-# prints it and checks (standard profile) that it is below 0.1 nats. A model trained only by
+# prints it and claims (standard profile) that it is below 0.1 nats. A model trained only by
 # regressing velocities has a likelihood within a small fraction of a nat of the truth. Its
 # density, on a grid:
 

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Two busy threads on a two-core machine collapse when anything else runs; be deliberate.
-torch.set_num_threads(int(os.environ.get("TUTORLIB_THREADS", "1")))
+# Two busy threads on a two-core machine collapse when anything else runs; be deliberate
+# (the root conftest.py sets TUTORLIB_THREADS=1 unless it is given; set_threads validates it).
+from tutorlib.device import set_threads  # noqa: E402
+
+set_threads()
 
 
 def _mnist_source() -> Path | None:

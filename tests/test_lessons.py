@@ -42,4 +42,4 @@ def test_notebooks_are_committed_without_outputs(nb_path):
 def test_lesson_skeleton(src):
     text = src.read_text()
     for part in ("**Learning goals**", "**Run time**", "## Setup", "## Summary", "## References"):
-        assert part in text, f"{src.name} lacks the skeleton part {part!r} (see STYLE.md)"
+        assert part in text, f"{src.name} lacks the skeleton part {part!r} (see CONTRIBUTING.md, \"The lesson skeleton\")"

@@ -206,3 +206,43 @@ def test_solvers_on_cuda(method, dtype):
     assert sde.x.device.type == "cuda"
     sde = sde_solve(v, lambda x, t: 0.1 * (1 - t), x_0, steps=20, generator=torch.Generator().manual_seed(0))
     assert sde.x.device.type == "cuda"
+
+
+def test_dopri5_agrees_with_torchdiffeq_on_a_learned_like_field():
+    """The same Dormand-Prince 5(4) pair as torchdiffeq (a maintained peer): same answer to the tolerance,
+    and a comparable number of evaluations."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    g = torch.Generator().manual_seed(0)
+    W1, W2 = torch.randn(3, 16, generator=g, dtype=F64), torch.randn(16, 3, generator=g, dtype=F64) / 4
+    b = torch.randn(16, generator=g, dtype=F64)
+
+    def field(x, t):  # x (B, 3), t (B,)
+        return torch.tanh(x @ W1 + b * t[:, None]) @ W2 - 0.3 * x
+
+    x_0 = torch.randn(64, 3, generator=g, dtype=F64)
+    ours = ode_solve(field, x_0, method="dopri5", atol=1e-9, rtol=1e-9)
+    peer_calls = []
+
+    def peer_field(t, x):
+        peer_calls.append(1)
+        return field(x, t.expand(x.shape[0]))
+
+    peer = torchdiffeq.odeint(peer_field, x_0, torch.tensor([0.0, 1.0], dtype=F64), method="dopri5",
+                              atol=1e-9, rtol=1e-9)[-1]
+    torch.testing.assert_close(ours.x, peer, atol=1e-7, rtol=0)
+    assert 0.5 < ours.nfe / len(peer_calls) < 2.0, (ours.nfe, len(peer_calls))
+    # and against an accurate fixed-step reference
+    ref = ode_solve(field, x_0, method="rk4", steps=2000).x
+    torch.testing.assert_close(ours.x, ref, atol=1e-7, rtol=0)
+
+
+def test_steps_for_nfe_counts_evaluations():
+    from tutorlib.solvers import steps_for_nfe
+
+    assert [steps_for_nfe(m, 20) for m in ("euler", "midpoint", "heun", "rk4")] == [20, 10, 10, 5]
+    calls = []
+    ode_solve(lambda x, t: calls.append(1) or -x, torch.ones(2, 1), method="rk4", steps=steps_for_nfe("rk4", 8))
+    assert len(calls) == 8
+    for method, nfe in (("midpoint", 3), ("rk4", 2), ("dopri5", 10), ("euler", 0)):
+        with pytest.raises(ValueError):
+            steps_for_nfe(method, nfe)

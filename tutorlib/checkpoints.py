@@ -1,4 +1,4 @@
-"""Verified checkpoints: atomic saves, sha256 sidecars, and load-or-train (STYLE item 13).
+"""Verified checkpoints: atomic saves, sha256 sidecars, and load-or-train (CONTRIBUTING.md, "Checkpoints and downloads").
 
 Expensive models go through :func:`load_or_train`, which loads a checkpoint whose sha256
 checks out (``torch.load(..., weights_only=True)``) and otherwise trains, then saves
@@ -34,15 +34,21 @@ __all__ = [
 
 
 def shipped_checkpoint_dir() -> Path:
-    """The repository's ``data/checkpoints`` folder (checkpoints committed with the course)."""
-    return Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+    """The checkpoints the course ships: the package data ``tutorlib.shipped``.
+
+    In a checkout that is the repository's ``data/checkpoints`` folder; in an installed wheel the
+    same files inside ``site-packages`` (read through ``importlib.resources``, so both work).
+    """
+    from importlib.resources import files
+
+    return Path(str(files("tutorlib.shipped")))
 
 
 def checkpoint_dirs() -> list[Path]:
     """Folders searched by :func:`load_or_train`, in order: shipped, then the cache.
 
-    The cache is ``$TUTORLIB_DATA_DIR/checkpoints`` (default: the repository's ``data/``, so
-    both are the same folder unless ``TUTORLIB_DATA_DIR`` is set; ``~/.cache/tutorlib`` when
+    The cache is ``$TUTORLIB_DATA_DIR/checkpoints`` (default: the repository's ``data/``, so in a
+    checkout both are the same folder unless ``TUTORLIB_DATA_DIR`` is set; ``~/.cache/tutorlib`` when
     tutorlib is installed outside a checkout). New checkpoints are written to the cache.
     """
     dirs = [shipped_checkpoint_dir(), data_dir() / "checkpoints"]

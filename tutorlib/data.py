@@ -42,6 +42,7 @@ __all__ = [
     "gaussian",
     "gmm_component_log_probs",
     "gmm_log_prob",
+    "in_checkerboard",
     "labelled_batches",
     "moons",
     "pinwheel",
@@ -117,6 +118,16 @@ def _checkerboard(n, g):
     corner = torch.stack([col, row], 1).to(torch.float64) * 2.0 - 4.0  # (n, 2)
     u = torch.stack([_rand(n, g), _rand(n, g)], 1)
     return corner + 2.0 * u, y
+
+
+def in_checkerboard(x: torch.Tensor) -> torch.Tensor:
+    """Whether each point of ``x`` ``(N, 2)`` lies in a filled square of :func:`checkerboard`: ``(N,)`` bool.
+
+    The board is 4 x 4 on ``[-4, 4]^2``; a square (column ``c``, row ``r``, counted from the lower left)
+    is filled when ``c + r`` is even. The data itself scores 1 (lessons 01 and 03 use it to read samples).
+    """
+    cell = torch.floor((x + 4) / 2)  # (N, 2) column and row of each point's square
+    return (x.abs() < 4).all(1) & (cell.sum(1) % 2 == 0)
 
 
 def _two_spirals(n, g):

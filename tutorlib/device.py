@@ -1,13 +1,14 @@
 """Device choice, seeding and run-size profiles (lesson 00).
 
-Every lesson calls these three once, in its setup cell::
+Every lesson calls these once, in its setup cell::
 
     device = get_device()          # cuda, then mps, then cpu (TUTORLIB_DEVICE overrides)
+    threads = set_threads()        # CPU threads that survive a busy laptop (TUTORLIB_THREADS overrides)
     gen = seed_everything(0)       # seeds python, numpy, torch; returns a torch.Generator
     P = profile()                  # sizes for this run (TUTORLIB_PROFILE: smoke|standard|full)
 
 Library code never picks a device or reseeds: it reads the device from its input tensors and
-takes ``generator=`` arguments (see STYLE, items 5 and 6).
+takes ``generator=`` arguments (CONTRIBUTING.md, "Conventions of the library").
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "get_device",
     "profile",
     "seed_everything",
+    "default_threads",
     "set_threads",
 ]
 
@@ -60,6 +62,11 @@ def get_device(name: str | None = None) -> torch.device:
                 f"TUTORLIB_DEVICE={requested!r} is not a device torch understands; "
                 "use 'cpu', 'cuda', 'cuda:N' or 'mps' (or unset it to choose automatically)."
             ) from err
+        if device.type not in ("cpu", "cuda", "mps"):
+            raise ValueError(
+                f"TUTORLIB_DEVICE={requested!r} is a {device.type!r} device, which the course cannot train or "
+                "sample on; use 'cpu', 'cuda', 'cuda:N' or 'mps' (or unset it to choose automatically)."
+            )
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(
                 f"device {requested!r} was requested but torch sees no CUDA GPU here "
@@ -105,20 +112,58 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def set_threads(n: int | None = None) -> int:
-    """Set torch's intra-op CPU threads (``TUTORLIB_THREADS`` or all cores by default).
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice at import: the physical cores it may use
+MAX_THREADS = 4 * (os.cpu_count() or 1)  # more than this is a typo (a huge count can crash OpenMP)
 
-    On small machines two busy processes with two threads each run far slower than one
-    thread each; tests and benchmarks call this deliberately.
+
+def _threads_from_env() -> int | None:
+    value = os.environ.get("TUTORLIB_THREADS", "").strip()
+    if not value:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"TUTORLIB_THREADS={value!r} is not a whole number: set it to the number of CPU threads "
+                         f"torch may use, from 1 to {MAX_THREADS} (or unset it for the default)") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"TUTORLIB_THREADS={value!r} is out of range: use 1 to {MAX_THREADS} "
+                         f"(this machine has {os.cpu_count()} logical CPUs), or unset it for the default")
+    return n
+
+
+def default_threads() -> int:
+    """The thread count :func:`set_threads` picks when neither an argument nor ``TUTORLIB_THREADS`` says.
+
+    Measured by ``bench/bench_threads.py`` (results in ``bench/micro/threads.json``): on a 2-core CPU with
+    one competing busy process, two torch threads with OpenMP's default wait policy ran 3-4 times slower
+    than one, because each parallel region waits for a thread the other process has descheduled. With
+    ``OMP_WAIT_POLICY=PASSIVE`` (set before torch is imported; ``make`` does) waiting threads sleep
+    instead of spinning, and all cores degrade gracefully (at most 2x under that load). So: torch's own
+    default (its physical cores) under a passive policy, else one core fewer, which leaves a core for
+    the browser or whatever else runs.
+    """
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        return _TORCH_DEFAULT_THREADS
+    return max(1, _TORCH_DEFAULT_THREADS - 1)
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op CPU threads: ``n``, else ``TUTORLIB_THREADS``, else :func:`default_threads`.
+
+    Every lesson calls it once in its setup cell; tests and benchmarks set ``TUTORLIB_THREADS``.
 
     Returns:
         The number of threads now in use.
+
+    Raises:
+        ValueError: ``n`` or ``TUTORLIB_THREADS`` is not a whole number from 1 to :data:`MAX_THREADS`.
     """
     if n is None:
-        env = os.environ.get("TUTORLIB_THREADS", "").strip()
-        n = int(env) if env else (os.cpu_count() or 1)
-    if n < 1:
-        raise ValueError(f"the number of threads must be at least 1, got {n}")
+        n = _threads_from_env()
+    if n is None:
+        n = default_threads()
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"the number of threads must be a whole number from 1 to {MAX_THREADS}, got {n!r}")
     torch.set_num_threads(n)
     return torch.get_num_threads()
 

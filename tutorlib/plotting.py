@@ -27,7 +27,12 @@ import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-import plotly.graph_objects as go
+
+try:
+    import plotly.graph_objects as go
+except ModuleNotFoundError as err:  # the figures are the `lab` extra
+    raise ModuleNotFoundError("tutorlib.plotting draws with plotly, which is not installed: "
+                              "pip install 'tutorlib[lab]' (or pip install plotly)") from err
 import torch
 from plotly.subplots import make_subplots
 

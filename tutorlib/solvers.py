@@ -31,6 +31,7 @@ __all__ = [
     "ode_solve",
     "reflow_coupling",
     "sde_solve",
+    "steps_for_nfe",
     "velocity_to_sde_drift",
 ]
 
@@ -95,6 +96,23 @@ def _time_grid(time_grid: Tensor | None, steps: int, t0: float, t1: float) -> li
     if not (bool((d > 0).all()) or bool((d < 0).all())):
         raise ValueError("time_grid must be strictly monotone (increasing, or decreasing to run backwards)")
     return grid.tolist()
+
+
+def steps_for_nfe(method: str, nfe: int) -> int:
+    """The number of steps of a fixed-step ``method`` that costs exactly ``nfe`` velocity evaluations.
+
+    Euler evaluates the field once per step, midpoint and Heun twice, RK4 four times.
+
+    Raises:
+        ValueError: an adaptive or unknown method, or an ``nfe`` the method's stages do not divide.
+    """
+    if method not in _FIXED_STEP:
+        raise ValueError(f"steps_for_nfe needs a fixed-step method ({', '.join(_FIXED_STEP)}), got {method!r}")
+    stages = _FIXED_STEP[method][1]
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < stages or nfe % stages:
+        raise ValueError(f"{method} costs {stages} evaluation(s) per step, so nfe must be a positive multiple of "
+                         f"{stages}, got {nfe!r}")
+    return nfe // stages
 
 
 def ode_solve(velocity: VelocityField, x_0: Tensor, *, method: str = "euler", steps: int = 100,

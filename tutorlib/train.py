@@ -7,10 +7,10 @@ Every lesson trains through :func:`train`::
     samples = sample(hist.ema_model, ...)                        # EMA weights for sampling
 
 and expensive models go through :func:`load_or_train`, which loads a checkpoint whose sha256
-checks out and trains (then saves atomically) otherwise (STYLE item 13).
+checks out and trains (then saves atomically) otherwise (CONTRIBUTING.md, "Checkpoints and downloads").
 
 The loop draws no random numbers itself: randomness lives in the sampler and the loss closure,
-which take explicit generators (STYLE item 5). The device is the model's.
+which take explicit generators (CONTRIBUTING.md, "Conventions of the library"). The device is the model's.
 """
 
 from __future__ import annotations

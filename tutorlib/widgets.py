@@ -24,7 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Hashable, Mapping, Sequence
 
-import ipywidgets as widgets
+try:
+    import ipywidgets as widgets
+except ModuleNotFoundError as err:  # the notebook UI is the `lab` extra
+    raise ModuleNotFoundError("tutorlib.widgets needs ipywidgets, which is not installed: "
+                              "pip install 'tutorlib[lab]' (or pip install ipywidgets anywidget plotly)") from err
 import numpy as np
 import plotly.graph_objects as go
 import torch
