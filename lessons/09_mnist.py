@@ -50,7 +50,6 @@
 # the smoke profile runs the same code with a tiny model for a few steps.
 
 # %%
-import dataclasses
 import time
 
 import torch
@@ -65,7 +64,8 @@ from tutorlib.exercises.lesson09 import check_cfg_velocity, check_cfg_zero_init,
 from tutorlib.guidance import cfg_velocity, guided_velocity, zero_star_scale
 from tutorlib.judge import feature_spread, frechet_distance, judge_accuracy, load_judge
 from tutorlib.models import UNet, count_parameters
-from tutorlib.recipes import MNISTRecipe, mnist_fm_batches, mnist_fm_loss, sample_digits, train_mnist_fm
+from tutorlib.recipes import (MNISTRecipe, mnist_fm_batches, mnist_fm_config, mnist_fm_loss, sample_digits,
+                              train_mnist_fm)
 from tutorlib.train import load_or_train
 from tutorlib.widgets import guidance_explorer
 
@@ -288,7 +288,7 @@ def train_fn(model):
 
 
 model = recipe.build_model().to(device)
-config = {**dataclasses.asdict(recipe), "seed": SEED, "train_digits": train_x.shape[0]}
+config = mnist_fm_config(recipe, SEED, train_x.shape[0])  # the recipe, the seed, the training digits
 run = load_or_train(f"fm_mnist_{P.name}", train_fn, model=model, config=config)
 print(f"PatchUNet with {count_parameters(model):,} parameters")
 if run.loaded:

@@ -193,3 +193,99 @@ def test_data_dir_override(monkeypatch, tmp_path):
     from tutorlib.files import data_dir
 
     assert data_dir().name == "data"
+
+
+class _BadServer:
+    """A loopback server that accepts and then stalls, or drips one byte every ``drip_s`` seconds."""
+
+    def __init__(self, mode: str, drip_s: float = 0.5):
+        outer = self
+        self.mode = mode
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                if outer.mode == "stall":
+                    time.sleep(30)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "1000000")
+                self.end_headers()
+                for _ in range(200):
+                    try:
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(drip_s)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/mnist/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_stalling_mirror_costs_one_timeout_not_retries(cache, monkeypatch):
+    with _BadServer("stall") as srv:
+        monkeypatch.setenv("TUTORLIB_MNIST_MIRROR", srv.url)
+        start = time.perf_counter()
+        with pytest.raises(mnist.MNISTDownloadError, match="sent nothing for 1 s") as err:
+            mnist.ensure_mnist_file("t10k-labels-idx1-ubyte.gz", timeout=1.0, progress=False)
+        assert time.perf_counter() - start < 4
+    assert srv.url + "t10k-labels-idx1-ubyte.gz" in str(err.value)  # the full URL
+    assert not list(cache.glob("*.part")), "a temporary file was left behind"
+
+
+def test_a_dripping_mirror_is_given_up_on(cache, monkeypatch):
+    with _BadServer("drip", drip_s=0.2) as srv:
+        monkeypatch.setenv("TUTORLIB_MNIST_MIRROR", srv.url)
+        start = time.perf_counter()
+        with pytest.raises(mnist.MNISTDownloadError, match="too slow"):
+            mnist.ensure_mnist_file("t10k-labels-idx1-ubyte.gz", timeout=1.0, grace_s=1.0, progress=False)
+        assert time.perf_counter() - start < 5
+        with pytest.raises(mnist.MNISTDownloadError, match="deadline"):
+            mnist.ensure_mnist_file("t10k-labels-idx1-ubyte.gz", timeout=1.0, grace_s=100, min_rate=0.0,
+                                    deadline_s=1.0, progress=False)
+    assert not list(cache.glob("*.part"))
+
+
+def test_a_404_names_the_full_url(cache, monkeypatch, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with _Server(tmp_path / "empty", "ok") as srv:
+        monkeypatch.setenv("TUTORLIB_MNIST_MIRROR", srv.url)
+        with pytest.raises(mnist.MNISTDownloadError, match=r"/mnist/t10k-labels-idx1-ubyte\.gz: HTTP 404"):
+            mnist.ensure_mnist_file("t10k-labels-idx1-ubyte.gz", progress=False)
+
+
+def test_stale_part_files_of_killed_downloads_are_swept(cache, monkeypatch, mnist_source):
+    import subprocess
+    import sys
+
+    cache.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = cache / f".t10k-labels-idx1-ubyte.gz.{dead.pid}.abc.part"
+    stale.write_bytes(b"half a download")
+    mine = cache / f".t10k-labels-idx1-ubyte.gz.{__import__('os').getpid()}.live.part"
+    mine.write_bytes(b"a download in progress")
+    monkeypatch.setenv("TUTORLIB_MNIST_MIRROR", str(mnist_source))
+    mnist.ensure_mnist_file("t10k-labels-idx1-ubyte.gz", progress=False)
+    assert not stale.exists() and mine.exists()
+
+
+def test_a_data_dir_that_is_a_file_says_so(monkeypatch, tmp_path):
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    monkeypatch.setenv("TUTORLIB_DATA_DIR", str(f))
+    with pytest.raises(NotADirectoryError, match="TUTORLIB_DATA_DIR=.*is a file"):
+        mnist.load_mnist("test", limit=1)

@@ -387,3 +387,125 @@ def test_lr_is_a_function_of_the_step_alone():
     assert lr_at(1000, cfg) == pytest.approx(0.0, abs=1e-12) and lr_at(5000, cfg) == pytest.approx(0.0, abs=1e-12)
 
 
+
+
+# --- faults end cleanly -------------------------------------------------------------------------
+
+
+def test_a_loss_that_explodes_stops_the_run_and_nothing_is_cached(tmp_path):
+    x, y, g = _regression()
+
+    def train_fn(model):
+        cfg = TrainConfig(steps=400, lr=1e6, grad_clip=None, ema_decay=None, progress=False, check_every=10)
+        return train(model, _mse, batch_sampler(x, y, batch_size=32, generator=g), cfg)
+
+    torch.manual_seed(0)
+    with pytest.raises(TrainingDiverged, match=r"grew from .* to .*step \d+ of 400.*lower the learning rate"):
+        load_or_train("exploding", train_fn, model=nn.Linear(2, 1), directory=tmp_path)
+    assert not list(tmp_path.iterdir()), "a diverged model was cached"
+
+
+def test_malformed_configs_and_losses_say_what_is_wrong():
+    x, y, g = _regression()
+    sampler = batch_sampler(x, y, batch_size=8, generator=g)
+    with pytest.raises(ValueError, match="check_every must be a whole number >= 1"):
+        train(nn.Linear(2, 1), _mse, sampler, QUIET.replace(check_every=0))
+    with pytest.raises(TypeError, match="not loss.item()"):
+        train(nn.Linear(2, 1), lambda m, b: float(_mse(m, b)), sampler, QUIET)
+    with pytest.raises(ValueError, match="does not depend on the model's parameters"):
+        train(nn.Linear(2, 1), lambda m, b: _mse(m, b).detach(), sampler, QUIET)
+    with pytest.raises(ValueError, match="time_budget_s must be a positive"):
+        train(nn.Linear(2, 1), _mse, sampler, QUIET.replace(time_budget_s=0))
+
+
+def _fake_checkpoint(path, write):
+    from tutorlib.files import file_sha256
+
+    write(path)
+    path.with_suffix(".sha256").write_text(f"{file_sha256(path)}  {path.name}\n")
+
+
+@pytest.mark.parametrize("kind", ["list", "no state_dict", "empty", "truncated zip", "state_dict of junk"])
+def test_a_file_that_matches_its_sidecar_but_is_no_checkpoint_is_retrained(tmp_path, kind):
+    path = tmp_path / "odd.pt"
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, nn.Linear(2, 1))
+    writers = {
+        "list": lambda p: torch.save([1, 2], p),
+        "no state_dict": lambda p: torch.save({"weights": {}}, p),
+        "empty": lambda p: p.write_bytes(b""),
+        "truncated zip": lambda p: p.write_bytes(good.read_bytes()[:200]),
+        "state_dict of junk": lambda p: torch.save({"state_dict": {"weight": 3}, "metadata": {}}, p),
+    }
+    _fake_checkpoint(path, writers[kind])
+    calls = []
+    with pytest.warns(UserWarning, match="training 'odd' instead"):
+        out = load_or_train("odd", lambda m: calls.append(1), model=nn.Linear(2, 1), directory=tmp_path)
+    assert calls == [1] and not out.loaded
+    assert load_checkpoint(path)["state_dict"]  # and the retrained one is a real checkpoint now
+
+
+def test_a_sidecar_that_is_a_folder_is_reported_and_retrained(tmp_path):
+    save_checkpoint(tmp_path / "m.pt", nn.Linear(2, 1))
+    (tmp_path / "m.sha256").unlink()
+    (tmp_path / "m.sha256").mkdir()
+    with pytest.raises(ValueError, match="is a folder, not a sha256 file"):
+        load_checkpoint(tmp_path / "m.pt")
+    calls = []
+    with pytest.warns(UserWarning) as record:
+        out = load_or_train("m", lambda m: calls.append(1), model=nn.Linear(2, 1), directory=tmp_path)
+    messages = " ".join(str(w.message) for w in record)
+    assert "is a folder" in messages and "could not save it" in messages
+    assert calls == [1] and not out.loaded
+
+
+@pytest.mark.parametrize("crash_at", ["before the .pt is replaced", "before the sidecar is finished"])
+def test_a_crash_during_save_keeps_a_valid_pair(tmp_path, monkeypatch, crash_at):
+    import os
+
+    import tutorlib.checkpoints as ck
+
+    path = tmp_path / "m.pt"
+    old_model, new_model = nn.Linear(2, 1), nn.Linear(2, 1)
+    with torch.no_grad():
+        old_model.weight.fill_(1.0)
+        new_model.weight.fill_(2.0)
+    save_checkpoint(path, old_model)
+    real_replace, real_atomic = os.replace, ck.atomic_write
+    calls = {"n": 0}
+
+    class Killed(BaseException):
+        pass
+
+    if crash_at == "before the .pt is replaced":
+        def replace(src, dst):
+            if str(dst) == str(path):
+                raise Killed
+            return real_replace(src, dst)
+        monkeypatch.setattr(ck.os, "replace", replace)
+    else:
+        def atomic(p, write):
+            calls["n"] += 1
+            if calls["n"] == 2:  # the final sidecar rewrite
+                raise Killed
+            return real_atomic(p, write)
+        monkeypatch.setattr(ck, "atomic_write", atomic)
+    with pytest.raises(Killed):
+        save_checkpoint(path, new_model)
+    monkeypatch.undo()
+    weight = load_checkpoint(path)["state_dict"]["weight"]  # the sidecar lists the digest of what is there
+    expected = 1.0 if crash_at == "before the .pt is replaced" else 2.0
+    assert torch.all(weight == expected)
+
+
+def test_temporaries_of_a_killed_save_are_swept(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".m.pt.{dead.pid}.xyz.tmp"
+    stale.write_bytes(b"x" * 1000)
+    save_checkpoint(tmp_path / "m.pt", nn.Linear(2, 1))
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.sha256"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from tutorlib.files import atomic_write, data_dir, file_sha256
+from tutorlib.files import atomic_write, check_folder, data_dir, file_sha256, sweep_temporaries, temp_name
 
 __all__ = [
     "LoadOrTrain",
@@ -59,8 +60,33 @@ def checkpoint_dirs() -> list[Path]:
     return out
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_suffix(".sha256")
+
+
+def _listed_digests(path: Path) -> list[str]:
+    """The digests the sidecar of ``path`` lists (sha256sum format, one or two lines)."""
+    side = _sidecar(path)
+    if side.is_dir():
+        raise ValueError(f"the sidecar {side} of checkpoint {path} is a folder, not a sha256 file")
+    if not side.is_file():
+        return []
+    out = []
+    for line in side.read_text(errors="replace").splitlines():
+        word = line.split()[0].lower() if line.split() else ""
+        if len(word) == 64 and all(c in "0123456789abcdef" for c in word):
+            out.append(word)
+    return out
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
-    """Save ``{"state_dict", "metadata"}`` atomically and write the sidecar ``<name>.sha256``.
+    """Save ``{"state_dict", "metadata"}`` and its sidecar ``<name>.sha256`` so that no crash loses both.
+
+    The order keeps a valid pair on disk at every moment, the old one or the new one: (1) the new
+    file is written to a temporary name and its digest computed; (2) the sidecar is replaced by one
+    listing the new digest and the old one; (3) the new file replaces the old; (4) the sidecar is
+    replaced by one listing only the new digest. A kill at any point leaves a ``.pt`` whose digest
+    the sidecar lists (a killed writer's temporaries are swept by the next save).
 
     Args:
         path: the ``.pt`` file to write.
@@ -73,18 +99,29 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[st
     path = Path(path)
     meta = json.loads(json.dumps(metadata or {}, default=str))  # plain types only: loads with weights_only
     payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta}
-    atomic_write(path, lambda f: torch.save(payload, f))
-    digest = file_sha256(path)
-    atomic_write(path.with_suffix(".sha256"), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
+    check_folder(path.parent, "a folder for checkpoints")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=temp_name(path), suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = file_sha256(tmp)
+        old = file_sha256(path) if path.is_file() else None
+        lines = [f"{digest}  {path.name}"] + ([f"{old}  {path.name}"] if old and old != digest else [])
+        atomic_write(_sidecar(path), lambda f: f.write(("\n".join(lines) + "\n").encode()))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    atomic_write(_sidecar(path), lambda f: f.write(f"{digest}  {path.name}\n".encode()))
     return digest
-
-
-def _expected_sha256(path: Path) -> str | None:
-    side = path.with_suffix(".sha256")
-    if not side.is_file():
-        return None
-    text = side.read_text().split()
-    return text[0].lower() if text else None
 
 
 def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
@@ -99,20 +136,33 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
 
     Raises:
         FileNotFoundError: no file (or no sidecar and no ``expected_sha256``).
-        ValueError: the sha256 does not match.
+        ValueError: the sha256 does not match, the sidecar is not a sha256 file, or the file is not a
+            checkpoint (empty, truncated, not a ``torch.save`` of ``{"state_dict": {...}, "metadata": {...}}``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    expected = expected_sha256 or _expected_sha256(path)
-    if expected is None:
-        raise FileNotFoundError(f"checkpoint {path} has no {path.with_suffix('.sha256').name} to verify it against")
+        raise FileNotFoundError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    expected = [expected_sha256.lower()] if expected_sha256 else _listed_digests(path)
+    if not expected:
+        raise FileNotFoundError(f"checkpoint {path} has no {_sidecar(path).name} to verify it against")
     actual = file_sha256(path)
-    if actual != expected.lower():
+    if actual not in expected:
         raise ValueError(
-            f"checkpoint {path} is corrupt or changed: sha256 {actual[:12]}... != expected {expected[:12]}..."
+            f"checkpoint {path} is corrupt or changed: sha256 {actual[:12]}... != expected {expected[0][:12]}..."
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # empty, truncated, not a torch file, unsafe pickle
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{path} matches its sha256 but is not a readable checkpoint "
+                         f"({type(err).__name__}: {first})") from err
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"a dict with keys {sorted(map(str, ckpt))[:5]}"
+        raise ValueError(f"{path} is not a checkpoint of save_checkpoint (it holds {kind}, not "
+                         "{'state_dict': {...}, 'metadata': {...}})")
+    if not isinstance(ckpt.get("metadata", {}), dict):
+        raise ValueError(f"{path} has metadata of type {type(ckpt['metadata']).__name__}, not a dict")
+    return ckpt
 
 
 @dataclass
@@ -168,7 +218,7 @@ def load_or_train(
                 continue
             try:
                 ckpt = load_checkpoint(path)
-            except (ValueError, FileNotFoundError) as err:
+            except (ValueError, OSError) as err:  # corrupt, not a checkpoint, unreadable, a folder
                 warnings.warn(f"{err}; ignoring it and training {name!r} instead.", stacklevel=2)
                 continue
             meta = ckpt.get("metadata", {})
@@ -186,7 +236,7 @@ def load_or_train(
                 continue
             try:
                 model.load_state_dict(ckpt["state_dict"])
-            except RuntimeError as err:
+            except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as err:
                 warnings.warn(f"checkpoint {path} does not fit the model ({err}); training {name!r} instead.",
                               stacklevel=2)
                 continue
@@ -200,6 +250,10 @@ def load_or_train(
     if callable(summary):
         meta["history"] = summary()
     target = (Path(directory) if directory is not None else data_dir() / "checkpoints") / f"{name}.pt"
-    save_checkpoint(target, model, meta)
+    try:
+        save_checkpoint(target, model, meta)
+    except OSError as err:  # a folder where the file should go, a full disk: the trained model is not lost
+        warnings.warn(f"trained {name!r} but could not save it to {target} ({err}); the model is returned unsaved.",
+                      stacklevel=2)
     meta = json.loads(json.dumps(meta, default=str))
     return LoadOrTrain(model=model, loaded=False, path=target, metadata=meta, result=result)

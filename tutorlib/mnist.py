@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tutorlib.files import data_dir
+from tutorlib.files import check_folder, data_dir, sweep_temporaries, temp_name
 
 __all__ = ["FILES", "MIRRORS", "MNISTDownloadError", "ensure_mnist_file", "load_mnist", "mnist_dir", "read_idx"]
 
@@ -91,31 +91,56 @@ def _mirror_sources() -> list[str]:
     return [env] if env else list(MIRRORS)
 
 
-def _fetch_url(url: str, dest: Path, *, timeout: float, progress: bool) -> None:
-    """Stream ``url`` into ``dest`` (already a temporary path), with a progress bar."""
+class _TooSlow(OSError):
+    """A download that stalls, drips or overruns its deadline (not worth retrying on the same mirror)."""
+
+
+def _fetch_url(url: str, dest: Path, *, timeout: float, deadline_s: float, min_rate: float, grace_s: float,
+               progress: bool) -> None:
+    """Stream ``url`` into ``dest`` (already a temporary path), with a progress bar, within bounds.
+
+    Each read waits at most ``timeout`` seconds; the whole file must arrive within ``deadline_s``; and
+    after ``grace_s`` seconds the average rate must stay above ``min_rate`` bytes per second (a server
+    that drips a byte now and then is given up on, not waited for forever).
+    """
     req = urllib.request.Request(url, headers={"User-Agent": "tutorlib (course data loader)"})
-    with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
+    start = time.monotonic()
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except TimeoutError as err:  # connected, but no answer: a stalled server
+        raise _TooSlow(f"{url} accepted the connection but sent nothing for {timeout:g} s") from err
+    with resp, open(dest, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0) or None
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, unit="B", unit_scale=True, desc=Path(urllib.parse.urlparse(url).path).name, leave=False)
+        received = 0
         try:
-            while chunk := resp.read(1 << 16):
+            while chunk := resp.read1(1 << 16):  # returns what has arrived, so the bounds below are checked
                 out.write(chunk)
+                received += len(chunk)
                 if bar is not None:
                     bar.update(len(chunk))
+                elapsed = time.monotonic() - start
+                if elapsed > deadline_s:
+                    raise _TooSlow(f"{url} did not finish within the {deadline_s:g} s deadline ({received} bytes)")
+                if elapsed > grace_s and received / elapsed < min_rate:
+                    raise _TooSlow(f"{url} is too slow: {received / elapsed:.0f} bytes/s after {elapsed:.0f} s "
+                                   f"(at least {min_rate:.0f} expected)")
+        except TimeoutError as err:
+            raise _TooSlow(f"{url} stalled: nothing arrived for {timeout:g} s ({received} bytes so far)") from err
         finally:
             if bar is not None:
                 bar.close()
 
 
-def _copy_from(source: str, name: str, dest: Path, *, timeout: float, progress: bool) -> None:
+def _copy_from(source: str, name: str, dest: Path, **bounds) -> None:
     """Copy ``name`` from a mirror (URL or local directory) into ``dest``."""
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme in ("http", "https", "ftp"):
-        _fetch_url(source.rstrip("/") + "/" + name, dest, timeout=timeout, progress=progress)
+        _fetch_url(source.rstrip("/") + "/" + name, dest, **bounds)
         return
     folder = Path(parsed.path if parsed.scheme == "file" else source).expanduser()
     if not folder.is_dir():
@@ -132,41 +157,56 @@ class _Attempt:
     error: str
 
 
-def ensure_mnist_file(name: str, *, retries: int = 3, timeout: float = 10.0, progress: bool = True) -> Path:
+def ensure_mnist_file(name: str, *, retries: int = 3, timeout: float = 5.0, deadline_s: float | None = None,
+                      min_rate: float = 10_000.0, grace_s: float = 15.0, progress: bool = True) -> Path:
     """Return the path of a verified cached MNIST file, downloading it when needed.
 
     A cached file whose decompressed sha256 does not match is fetched again. Downloads go
-    to a temporary file in the cache folder and replace the target only once verified.
+    to a temporary file in the cache folder and replace the target only once verified; temporary
+    files left by a download that was killed are removed first.
 
     Args:
         name: one of :data:`FILES`.
-        retries: attempts per mirror for errors that may pass (timeouts, truncated files,
-            server errors). A refused connection or unknown host moves straight to the next
-            mirror, so an offline machine gets its answer in seconds.
+        retries: attempts per mirror for errors that may pass (resets, truncated files, server
+            errors). A refused connection, an unknown host, a missing file (HTTP 4xx) or a mirror that
+            stalls or drips moves straight to the next mirror, so an offline machine gets its answer
+            in seconds and a bad mirror costs at most ``timeout`` (or ``grace_s``) seconds.
         timeout: seconds for the connection and for each read.
+        deadline_s: seconds for the whole file (default ``TUTORLIB_DOWNLOAD_DEADLINE``, else 300).
+        min_rate: bytes per second a download must average once ``grace_s`` seconds have passed.
+        grace_s: seconds before the rate is judged.
         progress: show a tqdm progress bar.
 
     Raises:
         MNISTDownloadError: no source gave a file with the right checksum; the message lists
-            every attempt and what to set.
+            every attempt (with the full URL) and what to set.
     """
     if name not in FILES:
         raise ValueError(f"unknown MNIST file {name!r}; expected one of {sorted(FILES)}")
-    folder = mnist_dir()
+    if deadline_s is None:
+        env = os.environ.get("TUTORLIB_DOWNLOAD_DEADLINE", "").strip()
+        try:
+            deadline_s = float(env) if env else 300.0
+        except ValueError:
+            raise ValueError(f"TUTORLIB_DOWNLOAD_DEADLINE={env!r} is not a number of seconds") from None
+    folder = check_folder(mnist_dir(), "a folder for the MNIST files")
     target = folder / name
     if _verify(target, name):
         return target
     folder.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(target)
     if target.exists():
         print(f"tutorlib: cached {target} is corrupted or truncated; fetching it again.")
+    bounds = dict(timeout=timeout, deadline_s=deadline_s, min_rate=min_rate, grace_s=grace_s, progress=progress)
     attempts: list[_Attempt] = []
     for source in _mirror_sources():
+        where = source.rstrip("/") + "/" + name if "://" in source else source
         for attempt in range(retries):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=folder)
+            fd, tmp_name = tempfile.mkstemp(prefix=temp_name(target), suffix=".part", dir=folder)
             os.close(fd)
             tmp = Path(tmp_name)
             try:
-                _copy_from(source, name, tmp, timeout=timeout, progress=progress)
+                _copy_from(source, name, tmp, **bounds)
                 digest = _decompressed_digest(tmp)
                 if digest != FILES[name]:
                     got = "not a complete gzip file" if digest is None else f"sha256 {digest[0][:12]}..., {digest[1]} bytes"
@@ -176,17 +216,24 @@ def ensure_mnist_file(name: str, *, retries: int = 3, timeout: float = 10.0, pro
                 os.replace(tmp, target)
                 return target
             except urllib.error.HTTPError as err:
-                attempts.append(_Attempt(source, f"HTTP {err.code} {err.reason}"))
+                attempts.append(_Attempt(where, f"HTTP {err.code} {err.reason}"))
                 if 400 <= err.code < 500:
                     break  # the file is not there; retrying will not help
             except urllib.error.URLError as err:
-                attempts.append(_Attempt(source, f"cannot connect ({err.reason})"))
-                break  # unknown host or refused: offline, try the next source
+                reason = err.reason
+                if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+                    attempts.append(_Attempt(where, f"no answer within {timeout:g} s"))
+                else:
+                    attempts.append(_Attempt(where, f"cannot connect ({reason})"))
+                break  # unknown host, refused or silent: try the next source
+            except _TooSlow as err:
+                attempts.append(_Attempt(where, str(err)))
+                break  # a stalling or dripping mirror will not get better on a retry
             except FileNotFoundError as err:
-                attempts.append(_Attempt(source, str(err)))
+                attempts.append(_Attempt(where, str(err)))
                 break
-            except (OSError, ValueError) as err:  # timeouts, resets, short reads, bad checksums
-                attempts.append(_Attempt(source, f"{type(err).__name__}: {err}"))
+            except (OSError, ValueError) as err:  # resets, short reads, bad checksums
+                attempts.append(_Attempt(where, f"{type(err).__name__}: {err}"))
             finally:
                 tmp.unlink(missing_ok=True)
             if attempt + 1 < retries:

@@ -35,8 +35,8 @@ from tutorlib.paths import CondOTPath
 from tutorlib.solvers import ode_solve, steps_for_nfe
 from tutorlib.train import TrainConfig, TrainHistory, train
 
-__all__ = ["TIME_SAMPLINGS", "MNISTRecipe", "mnist_fm_batches", "mnist_fm_loss", "sample_digits", "sample_times",
-           "train_mnist_fm"]
+__all__ = ["TIME_SAMPLINGS", "MNISTRecipe", "load_or_train_mnist_fm", "mnist_fm_batches", "mnist_fm_config",
+           "mnist_fm_loss", "sample_digits", "sample_times", "train_mnist_fm"]
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -187,6 +187,38 @@ def train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, seed:
         hist.ema.copy_to(net)
     net = net.to(memory_format=torch.contiguous_format).eval()
     return net, hist
+
+
+def mnist_fm_config(recipe: MNISTRecipe, seed: int, train_digits: int) -> dict[str, Any]:
+    """The configuration a class-conditional MNIST checkpoint is stored and looked up under.
+
+    The whole recipe, the seed and the number of training digits: :func:`tutorlib.train.load_or_train`
+    loads a checkpoint only when its stored configuration equals this one (lesson 09 trains and saves
+    ``fm_mnist_<profile>``, lesson 08 loads it).
+    """
+    return {**dataclasses.asdict(recipe), "seed": int(seed), "train_digits": int(train_digits)}
+
+
+def load_or_train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, name: str, seed: int = 0,
+                           device: torch.device | str = "cpu", progress: bool = True):
+    """Lesson 09's model: the verified checkpoint ``name`` when its configuration matches, else trained now.
+
+    ``load_or_train(name, ...)`` with :func:`mnist_fm_config` and :func:`train_mnist_fm`; the standard
+    profile's ``fm_mnist_standard`` ships with the course, so a lesson that needs a trained MNIST model
+    (lesson 08) loads it in seconds.
+
+    Returns:
+        The :class:`~tutorlib.train.LoadOrTrain` record (``.model`` in eval mode, ``.loaded``, ``.metadata``).
+    """
+    from tutorlib.train import load_or_train
+
+    def train_fn(model: torch.nn.Module) -> TrainHistory:
+        _, hist = train_mnist_fm(recipe, images, labels, seed=seed, device=device, model=model, progress=progress,
+                                 desc=f"MNIST FM ({name})")
+        return hist
+
+    model = recipe.build_model().to(device)
+    return load_or_train(name, train_fn, model=model, config=mnist_fm_config(recipe, seed, images.shape[0]))
 
 
 @torch.no_grad()

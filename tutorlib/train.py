@@ -55,8 +55,11 @@ __all__ = [
 ]
 
 
+DIVERGENCE_FACTOR = 1e3  # a loss this many times its start is a run that diverged
+
+
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step."""
+    """The loss became NaN or infinite, or grew by orders of magnitude; the message names the step."""
 
 
 # --------------------------------------------------------------------------------------
@@ -420,16 +423,25 @@ def train(
         the model and its EMA.
 
     Raises:
-        TrainingDiverged: the loss was NaN or infinite; the message names the first such step.
-            It is detected at the next check (every ``config.check_every`` steps, one sync each),
-            so a few more steps may have run.
+        TrainingDiverged: the loss was NaN or infinite, or its mean over the last ``check_every`` steps
+            grew past :data:`DIVERGENCE_FACTOR` times the first step's loss (at least 1e-3); the message names
+            the step. It is detected at the next check (every ``config.check_every`` steps, one sync
+            each), so a few more steps may have run. Nothing is saved (``load_or_train`` caches
+            only runs that finish).
+        TypeError, ValueError: ``loss_fn`` returned something that is not a differentiable scalar
+            tensor, or the config is malformed (``check_every`` below 1, ...).
     """
     if config is None:
         from tutorlib.device import profile
 
         config = TrainConfig.from_profile(profile())
-    if config.steps < 0:
-        raise ValueError(f"steps must be >= 0, got {config.steps}")
+    if isinstance(config.steps, bool) or not isinstance(config.steps, int) or config.steps < 0:
+        raise ValueError(f"steps must be a whole number >= 0, got {config.steps!r}")
+    if isinstance(config.check_every, bool) or not isinstance(config.check_every, int) or config.check_every < 1:
+        raise ValueError(f"check_every must be a whole number >= 1 (check the loss every this many steps), "
+                         f"got {config.check_every!r}")
+    if config.time_budget_s is not None and not config.time_budget_s > 0:
+        raise ValueError(f"time_budget_s must be a positive number of seconds or None, got {config.time_budget_s!r}")
     get_batch = _as_batch_fn(sampler)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer is None:
@@ -459,6 +471,18 @@ def train(
             wall.append(t)
         pending.clear()
         pending_t.clear()
+        # a loss that grows by orders of magnitude over its start has diverged even if it is still finite
+        k = config.check_every
+        if len(losses) >= k:
+            start_level = max(abs(losses[0]), 1e-3)  # the loss at the initial parameters (NLLs can be negative)
+            now = sum(losses[-k:]) / k
+            if now > DIVERGENCE_FACTOR * start_level:
+                step = len(losses) - 1
+                raise TrainingDiverged(
+                    f"training diverged: the loss grew from {start_level:.3g} (at the first step) to "
+                    f"{now:.3g} (mean of the last {k}, up to step {step} of {config.steps}), more than "
+                    f"{DIVERGENCE_FACTOR:g} times its start; lower the learning rate (now {lrs[step]:.3g}) or "
+                    "enable grad_clip. Nothing was saved.")
 
     from tqdm.auto import tqdm
 
@@ -479,8 +503,15 @@ def train(
                 current_lr = lr
             batch = get_batch(step)
             loss = loss_fn(net, batch)
+            if not isinstance(loss, torch.Tensor):
+                raise TypeError(f"loss_fn must return a scalar torch.Tensor that autograd can differentiate, got "
+                                f"{type(loss).__name__} {loss!r}: return the loss tensor itself, not loss.item()")
             if loss.dim() != 0:
-                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
+                raise ValueError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}: reduce it, e.g. "
+                                 ".mean()")
+            if not loss.requires_grad:
+                raise ValueError("loss_fn returned a tensor that does not depend on the model's parameters "
+                                 "(requires_grad is False): was it computed under torch.no_grad(), or detached?")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
