@@ -410,6 +410,7 @@ def build_book(strict: bool = False) -> int:
     env.setdefault("TUTORLIB_PROFILE", "standard")
     env.setdefault("TUTORLIB_STATIC_WIDGETS", "1")
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # tutorlib.device.default_threads: all cores, degrading gracefully
+    env.setdefault("TQDM_DISABLE", "1")  # a page shows a training cell's printed summary, not a half-drawn bar
     env["IPYTHONDIR"] = str(kernel_ipython_dir())
     out = output_dir(env["TUTORLIB_PROFILE"])
     cmd = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(BOOK), "--path-output", str(out)]

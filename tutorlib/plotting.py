@@ -50,8 +50,10 @@ __all__ = [
     "density_from_log_prob",
     "density_from_samples",
     "endpoint_traces",
+    "finish",
     "image_canvas",
     "image_grid",
+    "log_ticks",
     "loss_curve",
     "metric_curves",
     "path_lines",
@@ -69,6 +71,39 @@ __all__ = [
 DATA_COLOR = "rgba(120, 120, 120, 0.35)"  # the reference data, drawn behind everything
 SAMPLE_COLOR = "#1f77b4"
 ARROW_COLOR = "#d62728"
+
+
+MAX_WIDTH = 700  # pixels: figures fit the book's text column (and a notebook's)
+
+
+def finish(fig: go.Figure, *, title: str | None = None, height: int | None = None, width: int | None = None,
+           top: int = 50) -> go.Figure:
+    """The layout every course figure shares: a title on the left, the mode bar upright at the right
+    edge (so that it never covers the title), a width that fits the text column."""
+    if width is not None:
+        fig.update_layout(width=min(int(width), MAX_WIDTH))
+    if height is not None:
+        fig.update_layout(height=int(height))
+    if title is not None:
+        fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=0.98, yanchor="top", font=dict(size=14)))
+    margin = fig.layout.margin
+    fig.update_layout(modebar=dict(orientation="v"),
+                      margin=dict(t=max(top if title else 20, margin.t or 0), r=max(40, margin.r or 0)))
+    return fig
+
+
+def log_ticks(values) -> dict:
+    """Tick positions and labels for a logarithmic axis over ``values``: 1, 2, 5 x powers of ten, each
+    labelled in full ("20", "0.05"), instead of plotly's bare leading digits ("2 5")."""
+    v = np.asarray([float(x) for x in np.ravel(values) if np.isfinite(x) and x > 0])
+    if not len(v):
+        return {}
+    lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
+    ticks = [m * 10.0 ** e for e in range(lo - 1, hi + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    if len(ticks) > 8:  # a wide range: powers of ten only
+        ticks = [10.0 ** e for e in range(lo, hi + 1) if v.min() / 1.5 <= 10.0 ** e <= v.max() * 1.5]
+    return dict(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
 
 
 def _np(x: torch.Tensor):
@@ -92,7 +127,8 @@ def _points_trace(x: torch.Tensor, name: str, color: str | None = None, size: fl
 
 def square_axes(fig: go.Figure, limit: float | None, height: int, title: str | None = None) -> go.Figure:
     """Size ``fig`` and give it equal axes spanning ``[-limit, limit]`` (``None``: automatic)."""
-    fig.update_layout(title=title, height=height, width=height + 80, margin=dict(l=30, r=10, t=40, b=30))
+    fig.update_layout(margin=dict(l=30, r=40, t=40, b=30))
+    finish(fig, title=title, height=height, width=height + 80)
     if limit is not None:
         fig.update_xaxes(range=[-limit, limit])
         fig.update_yaxes(range=[-limit, limit], scaleanchor="x", scaleratio=1)
@@ -143,8 +179,9 @@ def scatter_grid(
         fig.add_trace(_points_trace(samples[name], name, size=2), row=r + 1, col=c + 1)
     fig.update_xaxes(range=[-limit, limit], showticklabels=False)
     fig.update_yaxes(range=[-limit, limit], showticklabels=False)
-    fig.update_layout(showlegend=False, height=size * rows + 40, width=size * cols, margin=dict(l=10, r=10, t=40, b=10))
-    return fig
+    width = min(size * cols, MAX_WIDTH)
+    fig.update_layout(showlegend=False, margin=dict(l=10, r=40, t=40, b=10))
+    return finish(fig, height=(width / cols) * rows + 40, width=width)
 
 
 # --- densities -------------------------------------------------------------------------
@@ -486,22 +523,33 @@ def metric_curves(
         A figure with one trace per method (the floor is a layout shape, not a trace).
     """
     fig = go.Figure()
+    all_x, all_y = [], []
     for name, (xs, ys) in curves.items():
         xs, ys = _array(xs), _array(ys)
         if len(xs) != len(ys):
             raise ValueError(f"{name!r}: {len(xs)} x values but {len(ys)} y values")
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=str(name)))
+        all_x += list(xs)
+        all_y += list(ys)
+        mode = "lines+markers" if len(xs) > 2 else "markers"  # two points are not a curve
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode=mode, name=str(name), marker=dict(size=8 if mode == "markers" else 6)))
     if isinstance(floor, NoiseFloor):
         fig.add_hrect(y0=floor.mean - floor.std, y1=floor.mean + floor.std, fillcolor="grey", opacity=0.15,
                       line_width=0)
         floor = floor.mean
     if floor is not None:
-        fig.add_hline(y=float(floor), line=dict(dash="dash", color="grey"), annotation_text=floor_label,
-                      annotation_position="bottom right")
-    fig.update_xaxes(title=xlabel, type="log" if log_x else "linear")
-    fig.update_yaxes(title=ylabel, type="log" if log_y else "linear")
-    fig.update_layout(title=title, height=height, width=620, margin=dict(l=60, r=10, t=40, b=50))
-    return fig
+        floor = float(floor)
+        all_y.append(floor)
+        fig.add_hline(y=floor, line=dict(dash="dash", color="grey"))
+        # the label as an annotation of its own: plotly misplaces hline annotations on log axes
+        fig.add_annotation(x=1, xref="paper", y=math.log10(floor) if log_y and floor > 0 else floor, yref="y",
+                           text=floor_label, showarrow=False, xanchor="right", yanchor="bottom",
+                           font=dict(color="grey", size=11))
+    fig.update_xaxes(title=xlabel, type="log" if log_x else "linear", **(log_ticks(all_x) if log_x else {}))
+    fig.update_yaxes(title=ylabel, type="log" if log_y else "linear", **(log_ticks(all_y) if log_y else {}))
+    # the legend in a row above the plot: the mode bar stands at the right edge, the title above
+    fig.update_layout(margin=dict(l=60, r=40, t=80 if title else 50, b=50),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"))
+    return finish(fig, title=title, height=height, width=MAX_WIDTH, top=80)
 
 
 def loss_curve(
@@ -534,9 +582,10 @@ def loss_curve(
         mean = (c[1:] - c[lo]) / (np.arange(1, len(y) + 1) - lo)
         fig.add_trace(go.Scatter(x=x, y=mean, mode="lines", name=f"mean of {window}", line=dict(width=2)))
     fig.update_xaxes(title="step")
-    fig.update_yaxes(title="loss", type="log" if log_y else "linear")
-    fig.update_layout(title=title, height=height, width=620, margin=dict(l=60, r=10, t=40, b=50))
-    return fig
+    fig.update_yaxes(title="loss", type="log" if log_y else "linear", **(log_ticks(y) if log_y else {}))
+    fig.update_layout(margin=dict(l=60, r=40, t=80 if title else 50, b=50),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=1.02, yanchor="bottom"))
+    return finish(fig, title=title, height=height, width=620, top=80)
 
 
 # --- images -----------------------------------------------------------------------------
@@ -575,6 +624,7 @@ def image_grid(
     """
     canvas = image_canvas(images, nrow, pad)
     _, _, h, w = images.shape
+    pixel = min(pixel, max(1, (MAX_WIDTH - 60) // canvas.shape[1]))  # fit the column
     text = None
     if labels is not None:
         text = [["" for _ in range(canvas.shape[1])] for _ in range(canvas.shape[0])]
@@ -592,6 +642,5 @@ def image_grid(
     fig.update_yaxes(autorange="reversed", showticklabels=False, scaleanchor="x", scaleratio=1)
     fig.update_xaxes(showticklabels=False)
     W, H = canvas.shape[1] * pixel, canvas.shape[0] * pixel
-    fig.update_layout(title=title, width=W + 20, height=H + (50 if title else 20),
-                      margin=dict(l=10, r=10, t=40 if title else 10, b=10))
-    return fig
+    fig.update_layout(margin=dict(l=10, r=40, t=40 if title else 10, b=10))
+    return finish(fig, title=title, width=W + 50, height=H + (60 if title else 20))

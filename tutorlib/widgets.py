@@ -39,6 +39,7 @@ from tutorlib.plotting import (
     arrow_trace,
     data_trace,
     endpoint_traces,
+    finish,
     path_trace,
     points_xy,
     square_axes,
@@ -210,7 +211,7 @@ def flow_explorer(
     }
     static = static_widgets(static)
     if static:
-        fig.update_layout(title=f"{controls['steps'].value} {controls['method'].value} steps")
+        finish(fig, title=f"{controls['steps'].value} {controls['method'].value} steps")
     return _finish(fig, controls, draw, static, "t", "t = ")
 
 

@@ -22,7 +22,8 @@ class BookRenderer(MimetypeRenderer):
 
     def to_mimebundle(self, fig_dict):
         html = pio.to_html(fig_dict, include_plotlyjs=False, include_mathjax=False, full_html=False,
-                           auto_play=False, default_width="100%", default_height=525, validate=False)
+                           auto_play=False, default_width="100%", default_height=525, validate=False,
+                           config={"displaylogo": False, "responsive": True})
         return {"text/html": html}
 
 
