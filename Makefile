@@ -27,6 +27,7 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e ".[lab,test,book]"
+	$(PY) scripts/lab_settings.py
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -55,8 +56,11 @@ serve-book: $(STAMP)
 course: $(STAMP)
 	$(PY) book/course.py all
 
+# JupyterLab refuses to run as root (containers, classroom images) unless told: say so and allow it.
+LAB_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab lessons/
+	@[ -z "$(LAB_ROOT)" ] || echo "make lab: running as root, so JupyterLab gets --allow-root"
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) lessons/
 
 clean:
 	rm -rf book/_build book/_generated book/lessons build .pytest_cache

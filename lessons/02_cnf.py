@@ -68,8 +68,8 @@ print(f"torch {torch.__version__} on {device} ({threads} CPU threads); profile {
 # A flow generates by integrating $\frac{dx_t}{dt} = v_t(x_t)$ from noise $x_0 \sim p_0 = \mathcal N(0, I)$
 # at $t = 0$ to data $x_1$ at $t = 1$. The densities $p_t$ of $x_t$ obey the continuity equation
 # $\partial_t p_t + \nabla\cdot(p_t v_t) = 0$ (probability mass is neither created nor destroyed).
-# Expanding the divergence and following one particle, $\frac{d}{dt}\log p_t(x_t) = \partial_t \log p_t
-# + \nabla \log p_t \cdot v_t$, gives the **instantaneous change of variables**
+# Expanding the divergence and following one particle,
+# $\frac{d}{dt}\log p_t(x_t) = \partial_t \log p_t + \nabla \log p_t \cdot v_t$, gives the **instantaneous change of variables**
 #
 # $$\frac{d}{dt}\log p_t(x_t) = -\nabla\cdot v_t(x_t), \qquad
 # \log p_1(x_1) = \log p_0(x_0) - \int_0^1 \nabla\cdot v_t(x_t)\,dt .$$
