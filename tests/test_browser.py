@@ -315,3 +315,76 @@ def test_a_slider_moves_its_figure(site, tab, shots, capsys):
     with capsys.disabled():
         print(f"\nbrowser: the slider of {page} moved to step "
               f"{tab.evaluate(f'{gd}._fullLayout.sliders[0].active')}; screenshot in {shots}")
+
+
+READ_CHECKS = r"""(() => {
+  const out = {rawTex: [], wide: [], titleUnderModebar: [], emptyFigures: [], progress: []};
+  const article = document.querySelector('article') || document.querySelector('main') || document.body;
+  const column = article.getBoundingClientRect().width;
+  // raw TeX: a $ or a \command left in the page's prose (not in math, code or cell output)
+  const skip = 'mjx-container, script, style, pre, code, svg, .math, .MathJax, .cell_input, .cell_output, ' +
+               '.highlight, .output, .course-widget, .plotly-graph-div, .headerlink, noscript';
+  const walker = document.createTreeWalker(article, NodeFilter.SHOW_TEXT, {acceptNode: n =>
+      n.parentElement && n.parentElement.closest(skip) ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+  for (let n; (n = walker.nextNode());) {
+    const t = n.textContent;
+    const m = t.match(/\$|\\[a-zA-Z]{2,}/);
+    if (m) out.rawTex.push(t.trim().slice(Math.max(0, m.index - 30), m.index + 40));
+  }
+  // figures and widgets that do not fit the text column
+  for (const el of article.querySelectorAll('.js-plotly-plot, .course-widget, .cell_output img')) {
+    const w = el.getBoundingClientRect().width;
+    if (w > column + 2) out.wide.push(`${el.className.toString().split(' ')[0]} ${Math.round(w)} px > ${Math.round(column)} px`);
+  }
+  for (const gd of article.querySelectorAll('.js-plotly-plot')) {
+    const title = gd.querySelector('.gtitle'), bar = gd.querySelector('.modebar');
+    if (title && bar && title.textContent.trim()) {
+      const a = title.getBoundingClientRect(), b = bar.getBoundingClientRect();
+      const overlap = a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+      if (overlap && b.width > 0) out.titleUnderModebar.push(title.textContent.trim().slice(0, 60));
+    }
+    const data = gd.data || [];
+    const filled = data.some(t => ['x', 'y', 'z', 'values', 'r'].some(k => t[k] && t[k].length > 0));
+    if (!filled) out.emptyFigures.push((gd.layout && gd.layout.title && gd.layout.title.text) || '(untitled)');
+  }
+  const text = article.innerText;
+  const bar = text.match(/\d{1,3}%\s*\|?[^\n]{0,40}\d+\/\d+\s*\[\d+:\d+/);
+  if (bar) out.progress.push(bar[0]);
+  return out;
+})()"""
+
+
+def _screenshot_folder(html: Path) -> Path:
+    """``build/screenshots/<build>/``: full-page screenshots to flip through (build/ is not committed)."""
+    root = Path(__file__).resolve().parents[1] / "build" / "screenshots" / html.parents[1].name
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+@pytest.mark.slow
+def test_every_page_reads_as_it_should(site, tab, capsys):
+    """What a reader needs, on every page: no raw TeX in the text, figures that fit the column, titles
+    clear of the mode bar, no frozen progress bars, no empty figures; a full-page screenshot of each."""
+    html, base = site
+    folder = _screenshot_folder(html)
+    failures = []
+    for page in _pages(html):
+        tab.open(base + page)
+        text = (html / page).read_text(encoding="utf-8")
+        if 'class="plotly-graph-div"' in text:
+            tab.wait_for("document.querySelectorAll('.js-plotly-plot .main-svg').length > 0")
+        if 'class="math' in text:
+            tab.wait_for("document.querySelectorAll('mjx-container').length > 0")
+        tab.pump(0.5)
+        found = tab.evaluate(READ_CHECKS)
+        for kind, items in found.items():
+            for item in items[:5]:
+                failures.append(f"{page}: {kind}: {item}")
+        metrics = tab.send("Page.getLayoutMetrics")
+        size = metrics.get("cssContentSize") or metrics["contentSize"]
+        shot = tab.send("Page.captureScreenshot", format="png", captureBeyondViewport=True,
+                        clip={"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], 30000), "scale": 1})
+        (folder / page.replace("/", "_").replace(".html", ".png")).write_bytes(base64.b64decode(shot["data"]))
+    with capsys.disabled():
+        print(f"\nfull-page screenshots of {len(_pages(html))} pages: {folder}")
+    assert not failures, "\n".join(failures)
