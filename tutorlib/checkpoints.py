@@ -27,7 +27,9 @@ __all__ = [
     "file_sha256",
     "load_checkpoint",
     "load_or_train",
+    "load_state",
     "save_checkpoint",
+    "save_state",
     "shipped_checkpoint_dir",
 ]
 
@@ -79,26 +81,20 @@ def _listed_digests(path: Path) -> list[str]:
     return out
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
-    """Save ``{"state_dict", "metadata"}`` and its sidecar ``<name>.sha256`` so that no crash loses both.
+def save_state(path: str | os.PathLike, payload: dict[str, Any]) -> str:
+    """Save a dict of tensors and plain values (weights, optimiser state, a step...) with its sidecar
+    ``<name>.sha256``, so that no crash loses both the old and the new file.
 
     The order keeps a valid pair on disk at every moment, the old one or the new one: (1) the new
     file is written to a temporary name and its digest computed; (2) the sidecar is replaced by one
     listing the new digest and the old one; (3) the new file replaces the old; (4) the sidecar is
-    replaced by one listing only the new digest. A kill at any point leaves a ``.pt`` whose digest
-    the sidecar lists (a killed writer's temporaries are swept by the next save).
-
-    Args:
-        path: the ``.pt`` file to write.
-        model: whose ``state_dict()`` is saved.
-        metadata: a small JSON-compatible dict (config, history summary...).
+    replaced by one listing only the new digest. A kill at any point leaves a file whose digest the
+    sidecar lists (a killed writer's temporaries are swept by the next save).
 
     Returns:
-        The sha256 of the written file (also in ``<path without .pt>.sha256``).
+        The sha256 of the written file.
     """
     path = Path(path)
-    meta = json.loads(json.dumps(metadata or {}, default=str))  # plain types only: loads with weights_only
-    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta}
     check_folder(path.parent, "a folder for checkpoints")
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_temporaries(path)
@@ -124,6 +120,52 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[st
     return digest
 
 
+def load_state(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Load a file written by :func:`save_state` after checking its sha256 (``weights_only``, on the CPU).
+
+    Raises:
+        FileNotFoundError: no file (or no sidecar and no ``expected_sha256``).
+        ValueError: the sha256 does not match, the sidecar is not a sha256 file, or the file is not a
+            readable ``torch.save`` of a dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    expected = [expected_sha256.lower()] if expected_sha256 else _listed_digests(path)
+    if not expected:
+        raise FileNotFoundError(f"checkpoint {path} has no {_sidecar(path).name} to verify it against")
+    actual = file_sha256(path)
+    if actual not in expected:
+        raise ValueError(
+            f"checkpoint {path} is corrupt or changed: sha256 {actual[:12]}... != expected {expected[0][:12]}..."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # empty, truncated, not a torch file, unsafe pickle
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{path} matches its sha256 but is not a readable checkpoint "
+                         f"({type(err).__name__}: {first})") from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a dict of saved state")
+    return state
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
+    """Save ``{"state_dict", "metadata"}`` of a model with its sidecar ``<name>.sha256`` (:func:`save_state`).
+
+    Args:
+        path: the ``.pt`` file to write.
+        model: whose ``state_dict()`` is saved.
+        metadata: a small JSON-compatible dict (config, history summary...).
+
+    Returns:
+        The sha256 of the written file (also in ``<path without .pt>.sha256``).
+    """
+    meta = json.loads(json.dumps(metadata or {}, default=str))  # plain types only: loads with weights_only
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "metadata": meta}
+    return save_state(path, payload)
+
+
 def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` after checking its sha256.
 
@@ -140,26 +182,10 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
             checkpoint (empty, truncated, not a ``torch.save`` of ``{"state_dict": {...}, "metadata": {...}}``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    expected = [expected_sha256.lower()] if expected_sha256 else _listed_digests(path)
-    if not expected:
-        raise FileNotFoundError(f"checkpoint {path} has no {_sidecar(path).name} to verify it against")
-    actual = file_sha256(path)
-    if actual not in expected:
-        raise ValueError(
-            f"checkpoint {path} is corrupt or changed: sha256 {actual[:12]}... != expected {expected[0][:12]}..."
-        )
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # empty, truncated, not a torch file, unsafe pickle
-        first = str(err).splitlines()[0] if str(err) else ""
-        raise ValueError(f"{path} matches its sha256 but is not a readable checkpoint "
-                         f"({type(err).__name__}: {first})") from err
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
-        kind = type(ckpt).__name__ if not isinstance(ckpt, dict) else f"a dict with keys {sorted(map(str, ckpt))[:5]}"
-        raise ValueError(f"{path} is not a checkpoint of save_checkpoint (it holds {kind}, not "
-                         "{'state_dict': {...}, 'metadata': {...}})")
+    ckpt = load_state(path, expected_sha256)
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"{path} is not a checkpoint of save_checkpoint (it holds a dict with keys "
+                         f"{sorted(map(str, ckpt))[:5]}, not {{'state_dict': {{...}}, 'metadata': {{...}}}})")
     if not isinstance(ckpt.get("metadata", {}), dict):
         raise ValueError(f"{path} has metadata of type {type(ckpt['metadata']).__name__}, not a dict")
     return ckpt
