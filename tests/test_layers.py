@@ -18,7 +18,7 @@ LAYERS = {
     1: ["utils", "device", "files", "data", "mnist", "checkpoints", "claims"],
     2: ["schedulers", "paths", "couplings", "models"],
     3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm"],
-    4: ["train", "metrics", "judge", "recipes"],
+    4: ["train", "metrics", "judge", "recipes", "distributed"],
     5: ["plotting", "widgets", "exercises"],
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}
