@@ -26,7 +26,7 @@
 # - sample digits with classifier-free guidance (CFG) and Euler steps, and measure them with the judge:
 #   accuracy of the generated digits and Fréchet distance in the judge's features, against the number
 #   of function evaluations (NFE) and against the guidance scale $w$; watch diversity fall as $w$ grows,
-#   and compare CFG with CFG-Zero*.
+#   and compare CFG with CFG-Zero\*.
 #
 # **Prerequisites:** lesson 03 (the CFM loss, the linear path, Euler sampling); lesson 00 (MNIST, the judge,
 # the Fréchet distance and its floor). Lesson 08 (guidance) derives classifier-free guidance; section 5
@@ -268,8 +268,8 @@ claim("UNet's share of multiply-adds at 28x28", share_28["UNet"], at_least=0.4)
 # *How do we train it, and not train it again next time?* `train_mnist_fm` feeds section 2's batches
 # (`mnist_fm_batches`, `mnist_fm_loss`) to `tutorlib.train.train`, the loop of lesson 03, with the
 # recipe's settings: AdamW with a linear warm-up and a cosine decay of the learning rate, gradient
-# clipping, and an **exponential moving average (EMA)** of the weights, $\bar\theta \leftarrow d\,\bar\theta
-# + (1-d)\,\theta$ after every step with $d$ = `recipe.ema_decay`. The EMA averages out the last steps'
+# clipping, and an **exponential moving average (EMA)** of the weights,
+# $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after every step with $d$ = `recipe.ema_decay`. The EMA averages out the last steps'
 # noise; we sample from the averaged weights. The run takes `recipe.steps` steps (the profile's
 # `P.steps_mnist`), and the cosine decay of the learning rate ends with them: a number of steps, not
 # a time budget, so the same seed gives the same model on a fast machine and a slow one.
@@ -446,11 +446,11 @@ plotting.metric_curves({"CFG": (scales, [r["spread"] for r in by_w.values()])}, 
 #   are more typical of their class and less varied. This is the quality / diversity trade-off of guidance;
 # - the Fréchet distance sees both fidelity and diversity: the scale with the lowest one is printed above,
 #   and it is not the strongest guidance (claimed in the standard profile). The last figure of this
-#   section draws it, next to CFG-Zero*.
+#   section draws it, next to CFG-Zero\*.
 #
-# ### CFG-Zero*
+# ### CFG-Zero\*
 #
-# *Can the combination itself be improved?* CFG-Zero* (lesson 08) rescales the unconditional velocity by the
+# *Can the combination itself be improved?* CFG-Zero\* (lesson 08) rescales the unconditional velocity by the
 # per-sample factor $s^* = \langle v_c, v_u\rangle / \lVert v_u \rVert^2$, the projection of $v_c$ on $v_u$,
 # before combining: $v = s^* v_u + w\,(v_c - s^* v_u)$. Its authors found that while the learned velocity
 # is inaccurate (early in training), plain CFG pushes samples along wrong trajectories; $s^*$ corrects the
@@ -476,7 +476,7 @@ for w in zero_scales:
 
 # %% [markdown]
 # Where $s^*$ is close to 1 the two samplers take nearly the same steps; where it is not, $v_u$ and $v_c$
-# disagree in size or direction and CFG-Zero* changes the path. The printed differences tell how much that
+# disagree in size or direction and CFG-Zero\* changes the path. The printed differences tell how much that
 # matters for this model at these two scales. The Fréchet distance against the guidance scale, both ways:
 
 # %%
@@ -551,7 +551,7 @@ def cfg_one_pass(model, x, t, y, w):
 check_cfg_velocity(cfg_one_pass)
 
 # %% [markdown]
-# **Exercise 3: CFG-Zero* with zero-init.** Section 6 met CFG-Zero*: the unconditional velocity is first
+# **Exercise 3: CFG-Zero\* with zero-init.** Section 6 met CFG-Zero\*: the unconditional velocity is first
 # rescaled by the per-sample factor $s^* = \langle v_c, v_u\rangle / \lVert v_u\rVert^2$ (the inner product over
 # all pixels of a sample), then combined as $s^* v_u + w (v_c - s^* v_u)$; and with **zero-init** the
 # velocity is set to zero for the earliest times, where an imperfect model points the wrong way. Write
@@ -582,7 +582,7 @@ check_cfg_zero_init(cfg_zero_init)
 # %% [markdown]
 # **Going further (no self-check).** Change the recipe in the setup cell, e.g.
 # `recipe = MNISTRecipe.from_profile(P).replace(time_sampling="logit_normal")` (training times concentrated
-# in the middle of the path), `p_uncond=0.2`, or `steps=300` (an undertrained model, where CFG-Zero* was
+# in the middle of the path), `p_uncond=0.2`, or `steps=300` (an undertrained model, where CFG-Zero\* was
 # designed to help), and compare the tables of section 6. The stored configuration then differs, so
 # `load_or_train` trains again and replaces `fm_mnist_<profile>.pt`; give the checkpoint another name to
 # keep both.
@@ -599,7 +599,7 @@ check_cfg_zero_init(cfg_zero_init)
 #   at the recipe's scale is far above the unguided model's, while the within-class spread falls as $w$
 #   grows; the Fréchet distance, which sees both, is best below the strongest guidance. One Euler step
 #   lands on (nearly) each class's average digit; 20 steps reach a lower Fréchet distance.
-# - **CFG-Zero*** rescales $v_u$ by its projection factor $s^*$; how much it changes depends on how far
+# - **CFG-Zero\*** rescales $v_u$ by its projection factor $s^*$; how much it changes depends on how far
 #   $s^*$ is from 1 for the model at hand.
 #
 # ## References
