@@ -287,7 +287,7 @@ def train_fn(model):
     return hist
 
 
-model = recipe.build_model().to(device)
+model = recipe.build_model(seed=SEED).to(device)  # a seeded initialisation: the checkpoint depends on the recipe alone
 config = mnist_fm_config(recipe, SEED, train_x.shape[0])  # the recipe, the seed, the training digits
 run = load_or_train(f"fm_mnist_{P.name}", train_fn, model=model, config=config)
 print(f"PatchUNet with {count_parameters(model):,} parameters")
@@ -415,8 +415,7 @@ for w, r in by_w.items():
 best_w = min(by_w, key=lambda w: by_w[w]["frechet"])
 most_accurate_w = max(by_w, key=lambda w: by_w[w]["accuracy"])
 print(f"lowest Fréchet distance at w = {best_w}; highest judge accuracy at w = {most_accurate_w}")
-claim(f"judge accuracy at the recipe's scale w = {w_rec}", by_w[w_rec]["accuracy"],
-      at_least={"standard": 0.95, "smoke": 0.12})
+claim(f"judge accuracy at the recipe's scale w = {w_rec}", by_w[w_rec]["accuracy"], at_least={"standard": 0.95})
 claim("judge accuracy at w = 0 (no label: chance is 0.1)", by_w[0.0]["accuracy"], at_most={"standard": 0.25})
 claim(f"judge accuracy: w = {w_rec} minus w = 0", by_w[w_rec]["accuracy"] - by_w[0.0]["accuracy"],
       at_least={"standard": 0.5})

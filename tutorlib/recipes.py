@@ -35,8 +35,9 @@ from tutorlib.paths import CondOTPath
 from tutorlib.solvers import ode_solve, steps_for_nfe
 from tutorlib.train import TrainConfig, TrainHistory, train
 
-__all__ = ["TIME_SAMPLINGS", "MNISTRecipe", "load_or_train_mnist_fm", "mnist_fm_batches", "mnist_fm_config",
-           "mnist_fm_loss", "sample_digits", "sample_times", "train_mnist_fm"]
+__all__ = ["TIME_SAMPLINGS", "MNISTRecipe", "load_or_train_mnist_ddpm", "load_or_train_mnist_fm", "mnist_ddpm_config",
+           "mnist_fm_batches", "mnist_fm_config", "mnist_fm_loss", "sample_digits", "sample_times", "train_mnist_ddpm",
+           "train_mnist_fm"]
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
 
@@ -77,10 +78,20 @@ class MNISTRecipe:
         return cls(base_channels=P.unet_channels, batch=P.batch_mnist, steps=P.steps_mnist,
                    warmup_steps=min(100, max(1, P.steps_mnist // 10)))
 
-    def build_model(self, num_classes: int = 10) -> PatchUNet:
-        """A fresh :class:`~tutorlib.models.PatchUNet` of this recipe (on the CPU, NCHW layout)."""
-        return PatchUNet(1, None, base_channels=self.base_channels, num_classes=num_classes,
-                         mid_blocks=self.mid_blocks)
+    def build_model(self, num_classes: int = 10, *, seed: int | None = None) -> PatchUNet:
+        """A fresh :class:`~tutorlib.models.PatchUNet` of this recipe (on the CPU, NCHW layout).
+
+        Args:
+            num_classes: classes of the conditioning (the null class is ``num_classes``).
+            seed: initialise from this seed (the global RNG is left as it was); ``None`` draws from
+                the global RNG.
+        """
+        if seed is None:
+            return PatchUNet(1, None, base_channels=self.base_channels, num_classes=num_classes,
+                             mid_blocks=self.mid_blocks)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.build_model(num_classes)
 
     def train_config(self, *, progress: bool = True, desc: str = "MNIST FM") -> TrainConfig:
         """The :class:`~tutorlib.train.TrainConfig` of this recipe."""
@@ -168,12 +179,7 @@ def train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, seed:
         ``(model, history)``: the model holding the EMA weights (eval mode, NCHW layout) and the
         :class:`~tutorlib.train.TrainHistory`.
     """
-    if model is None:
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
-            torch.manual_seed(seed)
-            net = recipe.build_model()
-    else:
-        net = model
+    net = recipe.build_model(seed=seed) if model is None else model  # a seeded initialisation
     net = net.to(device)
     if recipe.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -200,12 +206,12 @@ def mnist_fm_config(recipe: MNISTRecipe, seed: int, train_digits: int) -> dict[s
 
 
 def load_or_train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, *, name: str, seed: int = 0,
-                           device: torch.device | str = "cpu", progress: bool = True):
+                           device: torch.device | str = "cpu", progress: bool = True, directory=None):
     """Lesson 09's model: the verified checkpoint ``name`` when its configuration matches, else trained now.
 
     ``load_or_train(name, ...)`` with :func:`mnist_fm_config` and :func:`train_mnist_fm`; the standard
     profile's ``fm_mnist_standard`` ships with the course, so a lesson that needs a trained MNIST model
-    (lesson 08) loads it in seconds.
+    (lesson 08) loads it in seconds. ``directory`` looks and saves only there (``scripts/make_checkpoints.py``).
 
     Returns:
         The :class:`~tutorlib.train.LoadOrTrain` record (``.model`` in eval mode, ``.loaded``, ``.metadata``).
@@ -217,8 +223,77 @@ def load_or_train_mnist_fm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, 
                                  desc=f"MNIST FM ({name})")
         return hist
 
-    model = recipe.build_model().to(device)
-    return load_or_train(name, train_fn, model=model, config=mnist_fm_config(recipe, seed, images.shape[0]))
+    model = recipe.build_model(seed=seed).to(device)
+    return load_or_train(name, train_fn, model=model, config=mnist_fm_config(recipe, seed, images.shape[0]),
+                         directory=directory)
+
+
+# --------------------------------------------------------------------------------------
+# DDPM on MNIST (lesson 01): the same network and optimiser, the epsilon loss, labels as input
+# --------------------------------------------------------------------------------------
+
+
+def mnist_ddpm_config(recipe: MNISTRecipe, T: int, seed: int, train_digits: int) -> dict[str, Any]:
+    """The configuration lesson 01's label-conditional MNIST DDPM is stored and looked up under."""
+    return {"T": T, "betas": "linear", "model": "PatchUNet", "labels": True, "channels": recipe.base_channels,
+            "mid_blocks": recipe.mid_blocks, "steps": recipe.steps, "batch": recipe.batch, "lr": recipe.lr,
+            "warmup": recipe.warmup_steps, "min_lr_ratio": recipe.min_lr_ratio, "ema": recipe.ema_decay,
+            "grad_clip": recipe.grad_clip, "train_digits": int(train_digits), "seed": int(seed)}
+
+
+def train_mnist_ddpm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, schedule, *, seed: int = 0,
+                     device: torch.device | str = "cpu", model: torch.nn.Module | None = None, progress: bool = True,
+                     desc: str = "DDPM, MNIST") -> tuple[torch.nn.Module, TrainHistory]:
+    """Train a label-conditional epsilon-model on MNIST by DDPM's loss with the recipe's optimiser; EMA weights.
+
+    Each step draws ``recipe.batch`` digits with their labels, DDPM indices ``k`` uniform on
+    ``1..T`` and Gaussian noise, all from a generator seeded by ``seed + 1``, and regresses
+    ``model(x_k, t_k, y)`` on the noise (:func:`tutorlib.losses.ddpm_loss`, lesson 01).
+
+    Args:
+        schedule: a :class:`tutorlib.ddpm.DDPMSchedule` (lesson 01: linear betas, T = 1000).
+        model: train this model in place instead of ``recipe.build_model(seed=seed)``.
+
+    Returns:
+        ``(model, history)``: the model holding the EMA weights (eval mode) and the history.
+    """
+    from tutorlib.losses import ddpm_loss
+    from tutorlib.train import batch_sampler
+
+    net = (recipe.build_model(seed=seed) if model is None else model).to(device)
+    gen = torch.Generator().manual_seed(seed + 1)
+    T = schedule.T
+
+    def loss_fn(m: torch.nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x_data, y = batch  # (B, 1, 28, 28), (B,)
+        k = torch.randint(1, T + 1, (x_data.shape[0],), generator=gen).to(x_data.device)  # (B,)
+        noise = torch.randn(x_data.shape, generator=gen).to(x_data.device)  # (B, 1, 28, 28)
+        return ddpm_loss(lambda x, t: m(x, t, y), schedule, x_data, k, noise)
+
+    batches = batch_sampler(images.to(device), labels.to(device), batch_size=recipe.batch, generator=gen)
+    hist = train(net, loss_fn, batches, recipe.train_config(progress=progress, desc=desc))
+    if hist.ema is not None:
+        hist.ema.copy_to(net)
+    return net.eval(), hist
+
+
+def load_or_train_mnist_ddpm(recipe: MNISTRecipe, images: Tensor, labels: Tensor, schedule, *, name: str,
+                             seed: int = 0, device: torch.device | str = "cpu", progress: bool = True,
+                             directory=None):
+    """Lesson 01's MNIST DDPM: the verified checkpoint ``name`` when its configuration matches, else trained now.
+
+    Returns:
+        The :class:`~tutorlib.train.LoadOrTrain` record (``.model`` in eval mode, ``.loaded``, ``.metadata``).
+    """
+    from tutorlib.train import load_or_train
+
+    def train_fn(model: torch.nn.Module) -> TrainHistory:
+        return train_mnist_ddpm(recipe, images, labels, schedule, seed=seed, device=device, model=model,
+                                progress=progress, desc=f"DDPM, MNIST ({name})")[1]
+
+    model = recipe.build_model(seed=seed).to(device)
+    config = mnist_ddpm_config(recipe, schedule.T, seed, images.shape[0])
+    return load_or_train(name, train_fn, model=model, config=config, directory=directory)
 
 
 @torch.no_grad()

@@ -1,0 +1,63 @@
+"""Make the checkpoints the course ships (data/checkpoints/), exactly as the lessons would train them.
+
+    python scripts/make_checkpoints.py fm_mnist ddpm_mnist          # the standard profile's, into data/checkpoints
+    python scripts/make_checkpoints.py fm_mnist --profile smoke --out /tmp/ckpt
+
+Each name is one ``load_or_train`` call of the library, the same one the lesson makes, so the file is
+the lesson's own model: ``fm_mnist`` is lesson 09's class-conditional flow-matching PatchUNet
+(:func:`tutorlib.recipes.load_or_train_mnist_fm`; lesson 08 loads it too), ``ddpm_mnist`` lesson 01's
+label-conditional DDPM (:func:`tutorlib.recipes.load_or_train_mnist_ddpm`). A checkpoint that already
+matches its configuration is loaded and left alone unless ``--retrain``. Record the printed command,
+time and sha256 in data/checkpoints/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tutorlib.checkpoints import shipped_checkpoint_dir
+    from tutorlib.ddpm import DDPMSchedule, linear_betas
+    from tutorlib.device import profile, set_threads
+    from tutorlib.files import file_sha256
+    from tutorlib.mnist import load_mnist
+    from tutorlib.recipes import MNISTRecipe, load_or_train_mnist_ddpm, load_or_train_mnist_fm
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist"])
+    ap.add_argument("--profile", default="standard")
+    ap.add_argument("--out", type=Path, default=None, help="folder to write to (default: data/checkpoints)")
+    ap.add_argument("--retrain", action="store_true")
+    args = ap.parse_args(argv)
+    threads = set_threads()
+    P = profile(args.profile)
+    recipe = MNISTRecipe.from_profile(P)
+    images, labels = load_mnist("train", limit=P.mnist_limit)
+    out = args.out or shipped_checkpoint_dir()
+    for name in args.names:
+        start = time.perf_counter()
+        full = f"{name}_{P.name}"
+        if args.retrain:
+            for suffix in (".pt", ".sha256"):
+                (out / f"{full}{suffix}").unlink(missing_ok=True)
+        if name == "fm_mnist":
+            run = load_or_train_mnist_fm(recipe, images, labels, name=full, seed=0, directory=out)
+        else:
+            run = load_or_train_mnist_ddpm(recipe, images, labels, DDPMSchedule(linear_betas(1000)), name=full, seed=0,
+                                           directory=out)
+        took = time.perf_counter() - start
+        verb = "loaded" if run.loaded else "trained"
+        print(f"{full}: {verb} in {took:.0f} s on {threads} thread(s); {run.path} sha256 {file_sha256(run.path)}")
+        if not run.loaded:
+            print(f"  {run.result.describe()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
