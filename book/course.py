@@ -394,9 +394,26 @@ def execution_failures(out: Path) -> list[tuple[str, str]]:
         uri = Path(record.uri)
         if not uri.exists() or BOOK not in uri.parents:
             continue  # a page that is no longer part of the book
-        if cache.get_cached_project_nb(record.uri) is None:
+        if not _has_cached_result(cache, uri):
             failures.append((str(uri.relative_to(BOOK)), record.traceback or "not executed (no cached result)"))
     return failures
+
+
+def _has_cached_result(cache, uri: Path) -> bool:
+    """Whether the cache holds an executed copy of the page at ``uri``.
+
+    MyST-NB reads ``.py`` pages with jupytext but records them with the default (ipynb) reader, so the
+    cache's own ``get_cached_project_nb`` cannot read them back: read the page as MyST-NB does.
+    """
+    import jupytext
+    import nbformat
+
+    nb = jupytext.read(uri, fmt="py:percent") if uri.suffix == ".py" else nbformat.read(uri, nbformat.NO_CONVERT)
+    try:
+        cache.match_cache_notebook(nb)
+    except KeyError:
+        return False
+    return True
 
 
 def build_book(strict: bool = False) -> int:

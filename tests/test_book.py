@@ -98,3 +98,34 @@ def test_book_renderer_leaves_plotly_js_and_cdns_out():
     assert "http" not in html.replace("http://www.w3.org", ""), "the figure refers to another host"
     assert len(html) < 50_000, "plotly.js is embedded in the figure"
     assert isinstance(fig, go.Figure)
+
+
+def test_execution_failures_reads_py_pages_from_the_cache(tmp_path, monkeypatch):
+    """A failed .py page is named, on the build that ran it and on a later one that finds it in the cache.
+
+    MyST-NB records .py pages with the default (ipynb) reader; the check must read them with jupytext,
+    as the CI build found when it crashed reading the cache instead of naming the failed page.
+    """
+    import jupytext
+    import nbformat
+    from jupyter_cache import get_cache
+
+    book = tmp_path / "book"
+    (book / "lessons").mkdir(parents=True)
+    good, bad = book / "lessons" / "good.py", book / "lessons" / "bad.py"
+    good.write_text("# %%\nx = 1\n")
+    bad.write_text("# %%\nraise ValueError('boom')\n")
+    out = tmp_path / "out"
+    cache = get_cache(str(out / "_build" / ".jupyter_cache"))
+    for page in (good, bad):
+        cache.add_nb_to_project(str(page))  # as MyST-NB does for a custom format: no read_data
+    executed = jupytext.read(good, fmt="py:percent")
+    executed.cells[0].outputs = []
+    executed.cells[0].execution_count = 1
+    path = tmp_path / "good_executed.ipynb"
+    nbformat.write(executed, path)
+    cache.cache_notebook_file(str(path), check_validity=False)
+    from jupyter_cache.base import NbProjectRecord  # the traceback MyST-NB stores for a failed page
+    NbProjectRecord.set_traceback(str(bad), "ValueError: boom", cache.db)
+    monkeypatch.setattr(course, "BOOK", book)
+    assert course.execution_failures(out) == [("lessons/bad.py", "ValueError: boom")]
