@@ -11,11 +11,12 @@ export TUTORLIB_PROFILE ?= standard
 # (bench/bench_threads.py; tutorlib.device.default_threads). Read when torch is imported.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: course test verify lab book serve-book install clean help
+.PHONY: course test test-lessons verify lab book serve-book install clean help
 
 help:
 	@echo "make course   install, run every lesson ($$TUTORLIB_PROFILE, default standard) and build the book"
-	@echo "make test     install and run every test (library, lessons in the smoke profile, book)"
+	@echo "make test     install and run every test (library; every lesson in the smoke profile, in the book)"
+	@echo "make test-lessons  every lesson under nbmake (smoke profile, live widgets)"
 	@echo "make verify   run every lesson in the smoke and standard profiles, check its claims, record its time"
 	@echo "make lab      open the lessons in JupyterLab (.py lessons open as notebooks)"
 	@echo "make serve-book  serve the built book on port $(BOOK_PORT), e.g. to a classroom"
@@ -36,6 +37,11 @@ install: $(STAMP)
 test: export TUTORLIB_PROFILE = smoke
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Each lesson as a notebook under nbmake, with live widgets (the book renders them static).
+test-lessons: export TUTORLIB_PROFILE = smoke
+test-lessons: $(STAMP)
+	$(PY) -m pytest --nbmake --nbmake-timeout=600 lessons $(PYTEST_ARGS)
 
 # The claims command: every lesson top to bottom, strict, in each profile; writes lessons/claims.json
 # and the lessons' run-time lines. VERIFY_ARGS="--lessons 03 09" runs some lessons only.

@@ -1,4 +1,4 @@
-"""Repository-wide pytest set-up: tests and the lesson notebooks (nbmake) run in the smoke profile.
+"""Repository-wide pytest set-up: tests, the smoke book and the lesson notebooks run in the smoke profile.
 
 nbmake starts each notebook's kernel as a child process, which inherits these variables.
 """

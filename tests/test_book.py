@@ -129,3 +129,16 @@ def test_execution_failures_reads_py_pages_from_the_cache(tmp_path, monkeypatch)
     NbProjectRecord.set_traceback(str(bad), "ValueError: boom", cache.db)
     monkeypatch.setattr(course, "BOOK", book)
     assert course.execution_failures(out) == [("lessons/bad.py", "ValueError: boom")]
+
+
+def test_readme_lists_the_lessons_that_exist_and_no_others():
+    """The README's lesson list is generated from lessons/: it names as available exactly what exists."""
+    lessons = course.read_lessons()
+    outline = course._load_yaml(course.BOOK / "course_outline.yml")
+    block = course.readme_lessons(lessons, outline)
+    readme = (course.ROOT / "README.md").read_text(encoding="utf-8")
+    assert block in readme, "README.md's lesson list is stale: run python book/course.py pages"
+    available = {line.split("|")[1].strip() for line in block.splitlines() if line.endswith("| available |")}
+    assert available == {lesson.uid for lesson in lessons}
+    for lesson in lessons:
+        assert f"(lessons/{lesson.path.name})" in block

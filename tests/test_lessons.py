@@ -1,6 +1,7 @@
 """Lessons are text: each .py (the source) has its outputless .ipynb, and the two agree.
 
-nbmake (configured in pyproject.toml) executes every lesson notebook in the smoke profile.
+Every lesson runs in the smoke profile inside the strict smoke book build (tests/test_book.py); `make
+test-lessons` runs them under nbmake.
 """
 
 import json
