@@ -142,3 +142,22 @@ def test_readme_lists_the_lessons_that_exist_and_no_others():
     assert available == {lesson.uid for lesson in lessons}
     for lesson in lessons:
         assert f"(lessons/{lesson.path.name})" in block
+
+
+def test_results_page_links_the_lessons_that_exist_and_marks_the_others_planned():
+    """Every "lesson NN" on the Results page is a link to that lesson, or says the lesson is planned."""
+    import re
+
+    text = (course.BOOK / "results.md").read_text(encoding="utf-8")
+    have = {lesson.uid: lesson for lesson in course.read_lessons()}
+    for m in re.finditer(r"(\{doc\}`)?([Ll]esson) (\d\d)", text):
+        uid = m.group(3)
+        before = text[max(0, m.start() - 12):m.start()]
+        if m.group(1):
+            target = text[m.end():text.index("`", m.end())]
+            assert uid in have and target == f" <lessons/{have[uid].path.stem}>", (
+                f"results.md links lesson {uid} to {target!r}: link only lessons that exist, as {{doc}}`lesson {uid} <lessons/...>`")
+        elif "planned" in before:
+            assert uid not in have, f"results.md calls lesson {uid} planned, but it exists: link it ({{doc}}`lesson {uid} <lessons/{have[uid].path.stem}>`)"
+        else:
+            raise AssertionError(f"results.md names lesson {uid} without a link: link it if it exists, else say 'the planned lesson {uid}'")
