@@ -432,12 +432,17 @@ def _has_cached_result(cache, uri: Path) -> bool:
     """Whether the cache holds an executed copy of the page at ``uri``.
 
     MyST-NB reads ``.py`` pages with jupytext but records them with the default (ipynb) reader, so the
-    cache's own ``get_cached_project_nb`` cannot read them back: read the page as MyST-NB does.
+    cache's own ``get_cached_project_nb`` cannot read them back; ``.md`` pages (MyST notebooks such as
+    results.md) are recorded with MyST-NB's own reader. Read each as jupytext does: the code cells
+    and their metadata, which is all the cache hashes, come out the same.
     """
     import jupytext
     import nbformat
 
-    nb = jupytext.read(uri, fmt="py:percent") if uri.suffix == ".py" else nbformat.read(uri, nbformat.NO_CONVERT)
+    if uri.suffix == ".ipynb":
+        nb = nbformat.read(uri, nbformat.NO_CONVERT)
+    else:
+        nb = jupytext.read(uri, fmt="py:percent" if uri.suffix == ".py" else None)
     try:
         cache.match_cache_notebook(nb)
     except KeyError:

@@ -115,16 +115,21 @@ def test_execution_failures_reads_py_pages_from_the_cache(tmp_path, monkeypatch)
     good, bad = book / "lessons" / "good.py", book / "lessons" / "bad.py"
     good.write_text("# %%\nx = 1\n")
     bad.write_text("# %%\nraise ValueError('boom')\n")
+    page = book / "results.md"  # a MyST notebook page, recorded with MyST-NB's reader
+    page.write_text("---\njupytext:\n  text_representation:\n    format_name: myst\nkernelspec:\n  name: python3\n"
+                    "  display_name: Python 3\n---\n# Results\n\n```{code-cell} python\ny = 2\n```\n")
     out = tmp_path / "out"
     cache = get_cache(str(out / "_build" / ".jupyter_cache"))
-    for page in (good, bad):
-        cache.add_nb_to_project(str(page))  # as MyST-NB does for a custom format: no read_data
-    executed = jupytext.read(good, fmt="py:percent")
-    executed.cells[0].outputs = []
-    executed.cells[0].execution_count = 1
-    path = tmp_path / "good_executed.ipynb"
-    nbformat.write(executed, path)
-    cache.cache_notebook_file(str(path), check_validity=False)
+    for lesson in (good, bad):
+        cache.add_nb_to_project(str(lesson))  # as MyST-NB does for a custom format: no read_data
+    cache.add_nb_to_project(str(page), read_data={"name": "myst_nb_md", "type": "plugin"})
+    for source in (good, page):
+        executed = jupytext.read(source)
+        executed.cells[-1].outputs = []
+        executed.cells[-1].execution_count = 1
+        path = tmp_path / f"{source.stem}_executed.ipynb"
+        nbformat.write(executed, path)
+        cache.cache_notebook_file(str(path), check_validity=False)
     from jupyter_cache.base import NbProjectRecord  # the traceback MyST-NB stores for a failed page
     NbProjectRecord.set_traceback(str(bad), "ValueError: boom", cache.db)
     monkeypatch.setattr(course, "BOOK", book)
