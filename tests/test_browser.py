@@ -343,8 +343,10 @@ READ_CHECKS = r"""(() => {
       const overlap = a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
       if (overlap && b.width > 0) out.titleUnderModebar.push(title.textContent.trim().slice(0, 60));
     }
+    // plotly.py 6 sends arrays as {dtype, bdata} (base64); either form counts when it holds values
     const data = gd.data || [];
-    const filled = data.some(t => ['x', 'y', 'z', 'values', 'r'].some(k => t[k] && t[k].length > 0));
+    const has = v => v && ((v.length > 0) || (typeof v.bdata === 'string' && v.bdata.length > 0));
+    const filled = data.some(t => ['x', 'y', 'z', 'values', 'r'].some(k => has(t[k])));
     if (!filled) out.emptyFigures.push((gd.layout && gd.layout.title && gd.layout.title.text) || '(untitled)');
   }
   const text = article.innerText;

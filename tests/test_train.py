@@ -509,3 +509,15 @@ def test_temporaries_of_a_killed_save_are_swept(tmp_path):
     save_checkpoint(tmp_path / "m.pt", nn.Linear(2, 1))
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.sha256"]
+
+
+@pytest.mark.parametrize("env, shown", [("", True), ("1", False)])
+def test_tqdm_disable_turns_the_bar_off_even_in_a_notebook(monkeypatch, capsys, env, shown):
+    """The book sets TQDM_DISABLE=1 so that a page shows a training cell's summary, not a bar; tqdm's
+    notebook bar ignores that variable, so train() reads it itself."""
+
+    monkeypatch.setenv("TQDM_DISABLE", env)
+    x, y, g = _regression()
+    model = nn.Linear(2, 1)
+    train(model, _mse, lambda step: (x, y), QUIET.replace(steps=5, progress=True, desc="bar-test"))
+    assert ("bar-test" in capsys.readouterr().err) is shown

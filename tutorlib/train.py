@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -486,7 +487,10 @@ def train(
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=config.steps, desc=config.desc, disable=not config.progress, leave=True, dynamic_ncols=True)
+    # TQDM_DISABLE=1 (set by the book build) turns bars off: tqdm's notebook bar ignores that variable itself
+    quiet = os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes")
+    bar = tqdm(total=config.steps, desc=config.desc, disable=quiet or not config.progress, leave=True,
+               dynamic_ncols=True)
     model.train()
     stop_reason = "steps"
     start = time.perf_counter()
