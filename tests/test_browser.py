@@ -110,6 +110,11 @@ class Tab:
         while not any(e["method"] == "Page.loadEventFired" for e in self.events):
             assert time.monotonic() < end, f"{url} did not finish loading in {PAGE_TIMEOUT_S} s"
             self.pump(0.1)
+        # a load event can come before the document has a body (a late event, a redirecting page)
+        ready = "document.readyState === 'complete' && document.body !== null"
+        while not self.evaluate(ready):
+            assert time.monotonic() < end, f"{url} did not finish loading in {PAGE_TIMEOUT_S} s"
+            self.pump(0.1)
 
     def click(self, x: float, y: float) -> None:
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
