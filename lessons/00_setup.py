@@ -26,9 +26,7 @@
 #
 # **Prerequisites:** Python and a little PyTorch.
 #
-# **Run time** (measured, top to bottom, on a shared 2-core CPU): CPU standard ≈ 20 s (2 free cores; 45 s on a loaded machine) · GPU standard
-# ≈ 6 s (one H200) · smoke ≈ 10 s.
-# The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 36 s · GPU standard: not measured yet · smoke ≈ 14 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST (about 11 MB, downloaded once and checked) and the course's MNIST judge
 # classifier (`data/checkpoints/judge_mnist.pt`). **Trains:** nothing.

@@ -28,9 +28,7 @@
 # **Prerequisites:** lesson 00 (notation, toy data, metrics); the idea of an ODE solver
 # (Euler's method). Lesson 01 helps but is not needed.
 #
-# **Run time** (measured, top to bottom): CPU standard ≈ 80 s (2 free cores; 2.5 min on a loaded machine) · GPU standard ≈ 1 min (one H200: the
-# small networks gain little from a GPU) ·
-# smoke ≈ 10 s. The last cell prints this run's time; most of it is the likelihood training of section 3.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.0 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** a maximum-likelihood CNF on eight Gaussians (a small MLP; the
 # slow part of the lesson, on purpose) and, for the timing comparison, a few flow-matching steps
