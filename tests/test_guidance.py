@@ -17,6 +17,7 @@ from tutorlib.exercises.lesson08 import check_guided_velocity
 from tutorlib.data import LabelledBatch, labelled_batches
 from tutorlib.metrics import within_class_spread
 from tutorlib.guidance import (
+    LabelledGMM as OracleGMM,
     cfg_velocity,
     classifier_guided_velocity,
     classifier_log_prob_grad,
@@ -348,3 +349,122 @@ def test_within_class_spread_by_hand():
     assert math.isnan(s[2]) and math.isnan(s[3])  # one point, no point
     with pytest.raises(ValueError, match=r"\[0, 4\)"):
         within_class_spread(x, torch.tensor([0, 0, 1, 1, 4]), 4)
+
+
+
+# --- the oracle: tutorlib.guidance.LabelledGMM against the independent closed form above ---
+
+
+def _oracle(gmm: LabelledGMM) -> OracleGMM:
+    return OracleGMM(gmm.means, gmm.stds, gmm.weights, gmm.comp_class)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=repr)
+def test_oracle_velocities_are_the_closed_forms(path):
+    gmm = LabelledGMM((2,))
+    oracle = _oracle(gmm)
+    x, t, y = _points((2,))
+    torch.testing.assert_close(oracle.velocity(path, x, t, y), gmm.v_cond(path, x, t, y), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(oracle.velocity(path, x, t), gmm.v_uncond(path, x, t), rtol=1e-12, atol=1e-12)
+    # the null class K = 3 gives the unconditional field, row by row
+    y_mixed = torch.where(torch.arange(len(y)) % 2 == 0, y, torch.full_like(y, 3))
+    expected = torch.where((y_mixed == 3)[:, None], gmm.v_uncond(path, x, t), gmm.v_cond(path, x, t, y))
+    torch.testing.assert_close(oracle.velocity(path, x, t, y_mixed), expected, rtol=1e-12, atol=1e-12)
+    # the noisy classifier: log-softmax of the logits is the exact posterior
+    torch.testing.assert_close(torch.log_softmax(oracle.logits(path)(x, t), 1),
+                               torch.log_softmax(gmm.classifier(path)(x, t), 1), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(oracle.class_prior, gmm.prior)
+
+
+def test_oracle_flow_model_is_a_perfect_cfg_network():
+    """cfg_velocity on the exact fields equals classifier guidance with the exact posterior, at any w."""
+    path = CondOTPath()
+    oracle = _oracle(LabelledGMM((2,)))
+    model = oracle.flow_model(path)
+    assert model.null_class == oracle.num_classes == 3
+    x, t, y = _points((2,))
+    for w in (0.0, 1.0, 3.0):
+        cfg = cfg_velocity(model, y, w)(x, t)
+        clf = classifier_guided_velocity(lambda x, t: model(x, t), oracle.logits(path), path, y, w, t_eps=0.01)(x, t)
+        torch.testing.assert_close(cfg, clf, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(cfg_velocity(model, y, 1.0)(x, t), oracle.velocity(path, x, t, y))
+
+
+def test_oracle_posterior_at_t1_and_bayes_classifier():
+    oracle = OracleGMM.ring(4, radius=2.0, std=0.5)
+    x = torch.tensor([[2.0, 0.0], [0.1, 1.9], [-3.0, 0.2], [0.0, -2.5], [1.0, 1.0]], dtype=F64)
+    lp = oracle.log_posterior(x)
+    # equal weights and widths: the posterior is a softmax of -|x - mu|^2 / (2 s^2)
+    expected = torch.log_softmax(-(x[:, None] - oracle.means[None]).square().sum(-1) / (2 * 0.25), 1)
+    torch.testing.assert_close(lp, expected)
+    assert oracle.classify(x)[:4].tolist() == [0, 1, 2, 3]
+    # at t = 1 the noisy posterior of the linear path is the data's
+    torch.testing.assert_close(torch.log_softmax(oracle.logits(CondOTPath())(x, torch.ones(5, dtype=F64)), 1), lp)
+
+
+def test_ring_is_eight_gaussians_and_samples_follow_the_prior():
+    from tutorlib.data import sample_labelled
+
+    ring = OracleGMM.ring()
+    x, y = sample_labelled("eight_gaussians", 40_000, generator=torch.Generator().manual_seed(0))
+    for k in range(8):
+        torch.testing.assert_close(x[y == k].mean(0).double(), ring.means[k], rtol=0, atol=0.01)  # se 0.003
+    assert ring.classify(x).eq(y).float().mean() > 0.9999
+    skewed = OracleGMM(torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]]), torch.tensor([1.0, 0.5, 0.5]),
+                       torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0, 1, 1]))
+    xs, ys = skewed.sample(50_000, generator=torch.Generator().manual_seed(1))
+    assert xs.shape == (50_000, 2) and xs.dtype == torch.float32 and ys.dtype == torch.int64
+    assert abs(ys.eq(0).float().mean().item() - 0.2) < 0.01  # p(y = 0) = 0.2, se 0.002
+    assert torch.equal(skewed.sample(10, generator=torch.Generator().manual_seed(2))[0],
+                       skewed.sample(10, generator=torch.Generator().manual_seed(2))[0])
+    torch.testing.assert_close(skewed.class_prior, torch.tensor([0.2, 0.8], dtype=F64))
+    # label-matched draws: class 1 picks its two components 3 : 5, class 0 its only one
+    y = torch.tensor([0] * 20_000 + [1] * 40_000)
+    xg = skewed.sample_given(y, generator=torch.Generator().manual_seed(3))
+    assert xg.shape == (60_000, 2) and xg.dtype == torch.float32
+    torch.testing.assert_close(xg[:20_000].mean(0), torch.zeros(2), rtol=0, atol=0.03)  # se 0.007
+    on_x_axis = (xg[20_000:, 0] > 2.5).float().mean().item()
+    assert abs(on_x_axis - 0.375) < 0.01  # p(component 1 | class 1) = 0.3 / 0.8, se 0.0024
+    assert skewed.classify(xg[20_000:]).eq(1).float().mean() > 0.999
+
+
+def test_oracle_rejects_bad_mixtures_and_labels():
+    means, stds, w, c = torch.zeros(3, 2), torch.ones(3), torch.ones(3), torch.tensor([0, 1, 1])
+    with pytest.raises(ValueError, match=r"\(M, D\)"):
+        OracleGMM(torch.zeros(3), stds, w, c)
+    with pytest.raises(ValueError, match="stds must have shape"):
+        OracleGMM(means, torch.ones(2), w, c)
+    with pytest.raises(ValueError, match="positive"):
+        OracleGMM(means, stds, torch.tensor([1.0, 0.0, 1.0]), c)
+    with pytest.raises(ValueError, match="every id"):
+        OracleGMM(means, stds, w, torch.tensor([0, 2, 2]))
+    with pytest.raises(ValueError, match="int64"):
+        OracleGMM(means, stds, w, c.float())
+    oracle = OracleGMM(means, stds, w, c)
+    x, t = torch.zeros(2, 2), torch.rand(2)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        oracle.velocity(CondOTPath(), x, t, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="2 points"):
+        oracle.velocity(CondOTPath(), x, t, torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="non-negative int"):
+        oracle.sample(-1)
+
+
+def test_sharpened_target_at_w1_is_the_data_and_sharpens_overlapping_classes():
+    overlap = OracleGMM.ring(4, radius=1.0, std=0.7)  # neighbours overlap: the Bayes classifier errs often
+    g = torch.Generator().manual_seed(0)
+    x, y = overlap.sample(40_000, generator=g)
+    right = overlap.classify(x.double()).eq(y).double()
+    bayes = sum(right[y == k].mean().item() for k in range(4)) / 4  # the mean over classes
+    one = overlap.sharpened_target(1.0, 40_000, generator=torch.Generator().manual_seed(0))
+    assert abs(one["accuracy"] - bayes) < 1e-9 and abs(one["spread_ratio"] - 1.0) < 1e-9  # same draw, weights 1
+    sharp = [overlap.sharpened_target(w, 40_000, generator=torch.Generator().manual_seed(1))
+             for w in (2.0, 5.0)]
+    assert bayes < sharp[0]["accuracy"] < sharp[1]["accuracy"] <= 1.0
+    assert 1.0 > sharp[0]["spread_ratio"] > sharp[1]["spread_ratio"]
+    # two classes, one Gaussian each, far apart: p(y | x) = 1 on the data, nothing to sharpen
+    apart = OracleGMM(torch.tensor([[-10.0, 0.0], [10.0, 0.0]]), torch.ones(2), torch.ones(2), torch.tensor([0, 1]))
+    s = apart.sharpened_target(5.0, 4000, generator=torch.Generator().manual_seed(2))
+    assert abs(s["accuracy"] - 1.0) < 1e-9 and abs(s["spread_ratio"] - 1.0) < 1e-6
+    with pytest.raises(ValueError, match="draw more"):
+        apart.sharpened_target(2.0, 1, generator=g)

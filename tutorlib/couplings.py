@@ -11,12 +11,22 @@ The exact assignment costs O(B^3): at batch 256 it takes longer than a small mod
 :func:`block_ot` is a cheap approximation: sort both sets along a space-filling curve (2D) or their
 principal direction, cut the sorted lists into blocks and solve each block exactly.
 
+The *entropic* coupling (:func:`sinkhorn_plan`, :func:`sinkhorn_ot`) solves OT with an entropy
+penalty by Sinkhorn's iterations (in the log domain) and samples a partner for each row from the
+plan: ``epsilon -> 0`` approaches the exact assignment, ``epsilon -> inf`` the independent coupling.
+
+With class labels, OT over the whole batch pairs noise with data of whichever class lies nearby, so
+the noise each class sees during training is no longer ``N(0, I)`` (*The Curse of Conditions*);
+:func:`class_ot_assignment` solves OT within each class instead (lesson 05). :func:`segment_crossings`
+counts how many of a 2D coupling's straight conditional paths cross.
+
 The *reflow* coupling of rectified flow (lesson 06) pairs noise with the model's own samples;
 it integrates an ODE, so it lives one layer up, in :func:`tutorlib.solvers.reflow_coupling`.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -24,8 +34,9 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-__all__ = ["Coupling", "block_ot", "block_ot_assignment", "hilbert_index", "independent", "minibatch_ot",
-           "ot_assignment", "sort_key"]
+__all__ = ["Coupling", "EntropicPlan", "block_ot", "block_ot_assignment", "class_ot_assignment", "hilbert_index",
+           "independent", "minibatch_ot", "ot_assignment", "segment_crossings", "sinkhorn_ot", "sinkhorn_plan",
+           "sort_key"]
 
 
 class Coupling(NamedTuple):
@@ -214,3 +225,186 @@ def block_ot(x_0: Tensor, x_1: Tensor, block: int = 16) -> Coupling:
         A :class:`Coupling`: ``x_0, x_1 = block_ot(x_0, x_1)``.
     """
     return Coupling(x_0, x_1[block_ot_assignment(x_0, x_1, block)])
+
+
+# --------------------------------------------------------------------------------------
+# The entropic coupling: Sinkhorn's iterations in the log domain (lesson 05)
+# --------------------------------------------------------------------------------------
+
+
+class EntropicPlan(NamedTuple):
+    """The entropic OT plan of two batches (:func:`sinkhorn_plan`)."""
+
+    log_plan: Tensor  # (B, B) log pi_ij; every row and every column of pi sums to 1/B (up to marginal_error)
+    iterations: int  # Sinkhorn iterations run (each updates both potentials once)
+    marginal_error: float  # max_i |B sum_j pi_ij - 1| at the end; the columns are exact after the last update
+
+    @property
+    def plan(self) -> Tensor:
+        """``pi = exp(log_plan)``, shape (B, B)."""
+        return self.log_plan.exp()
+
+
+def _check_pair(x_0: Tensor, x_1: Tensor) -> None:
+    if not isinstance(x_0, Tensor) or not isinstance(x_1, Tensor):
+        raise TypeError(f"x_0 and x_1 must be tensors, got {type(x_0).__name__} and {type(x_1).__name__}")
+    if x_0.shape != x_1.shape or x_0.dim() < 1:
+        raise ValueError(f"x_0 and x_1 need the same shape (B, ...), got {tuple(x_0.shape)} and {tuple(x_1.shape)}")
+    if x_0.shape[0] < 1:
+        raise ValueError("x_0 and x_1 are empty: a coupling needs at least one row")
+
+
+def sinkhorn_plan(x_0: Tensor, x_1: Tensor, epsilon: float, *, max_iter: int = 2000,
+                  tol: float = 1e-3) -> EntropicPlan:
+    """The entropic optimal-transport plan between two equally weighted batches (Sinkhorn, log domain).
+
+    Solves ``min_pi sum_ij pi_ij C_ij - epsilon H(pi)`` over the plans whose rows and columns each sum to
+    ``1/B``, for the squared Euclidean cost ``C_ij = ||x_0[i] - x_1[j]||^2`` (rows flattened) and the
+    entropy ``H(pi) = -sum_ij pi_ij (log pi_ij - 1)``. The solution has the form
+    ``pi_ij = exp(u_i + v_j - C_ij / epsilon)``; Sinkhorn's iterations alternate
+
+        u <- log(1/B) - logsumexp_j(v_j - C_ij / epsilon),    v <- log(1/B) - logsumexp_i(u_i - C_ij / epsilon),
+
+    each of which makes one marginal exact. Working with the logs keeps small ``epsilon`` (large
+    ``C / epsilon``) free of the underflow that the textbook ``K = exp(-C / epsilon)`` suffers. The
+    iterations stop when the row sums are within ``tol`` (relative) of ``1/B``, or after ``max_iter``.
+    ``epsilon -> 0`` approaches the exact assignment (:func:`ot_assignment`, as a permutation matrix over
+    ``B``); ``epsilon -> inf`` the independent plan ``1/B^2``. The number of iterations grows roughly like
+    ``max C / epsilon``.
+
+    Args:
+        x_0: shape (B, ...).
+        x_1: shape (B, ...), the same shape. Both stay on their device (a GPU runs the iterations fast).
+        epsilon: the entropic regularisation, > 0, in the units of the cost (squared distances).
+        max_iter: most iterations.
+        tol: the relative row-marginal error at which to stop.
+
+    Returns:
+        An :class:`EntropicPlan`: ``log_plan`` (B, B) in x_0's floating dtype (float32 at least), the
+        iterations run and the final marginal error.
+    """
+    _check_pair(x_0, x_1)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not math.isfinite(epsilon) or epsilon <= 0:
+        raise ValueError(f"epsilon must be a positive finite number (in squared-distance units), got {epsilon!r}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if not tol > 0:
+        raise ValueError(f"tol must be > 0, got {tol!r}")
+    dtype = x_0.dtype if x_0.dtype in (torch.float32, torch.float64) else torch.float32
+    B = x_0.shape[0]
+    a = x_0.detach().reshape(B, -1).to(dtype)  # (B, D)
+    b = x_1.detach().reshape(B, -1).to(device=a.device, dtype=dtype)  # (B, D)
+    M = torch.cdist(a, b).square_().div_(-float(epsilon))  # (B, B) -C / epsilon
+    log_w = -math.log(B)  # log of each uniform weight 1/B
+    u = torch.zeros(B, dtype=dtype, device=a.device)  # (B,) row potentials (f / epsilon)
+    v = torch.zeros(B, dtype=dtype, device=a.device)  # (B,) column potentials (g / epsilon)
+    error, it = float("inf"), 0
+    while it < max_iter:
+        row = torch.logsumexp(M + v[None, :], dim=1)  # (B,) log sum_j exp(v_j + M_ij)
+        if it > 0:  # the row sums of the current plan are exp(u + row): how far from 1/B?
+            error = float((u + row - log_w).exp().sub_(1.0).abs_().max())
+            if error <= tol:
+                break
+        u = log_w - row
+        v = log_w - torch.logsumexp(M + u[:, None], dim=0)  # columns now sum to 1/B exactly
+        it += 1
+    if it == max_iter:
+        row = torch.logsumexp(M + v[None, :], dim=1)
+        error = float((u + row - log_w).exp().sub_(1.0).abs_().max())
+    return EntropicPlan(u[:, None] + v[None, :] + M, it, error)
+
+
+def sinkhorn_ot(x_0: Tensor, x_1: Tensor, epsilon: float, *, generator: torch.Generator | None = None,
+                max_iter: int = 2000, tol: float = 1e-3) -> Coupling:
+    """The entropic (Sinkhorn) coupling: each row of ``x_0`` gets a partner drawn from the entropic plan.
+
+    For row i, a column j is drawn with probability ``B pi_ij`` (:func:`sinkhorn_plan`), so ``x_0`` keeps
+    its rows and order (its marginal stays exactly the source) while a row of ``x_1`` may be drawn
+    several times or not at all. Small ``epsilon`` behaves like :func:`minibatch_ot`, large ``epsilon``
+    like :func:`independent`.
+
+    Args:
+        x_0: shape (B, ...).
+        x_1: shape (B, ...), the same shape.
+        epsilon: the entropic regularisation, > 0, in squared-distance units.
+        generator: draws the partners (on the plan's device: a CPU generator for CPU tensors).
+        max_iter, tol: passed to :func:`sinkhorn_plan`.
+
+    Returns:
+        A :class:`Coupling`: ``x_0, x_1 = sinkhorn_ot(x_0, x_1, 0.1, generator=g)``.
+    """
+    plan = sinkhorn_plan(x_0, x_1, epsilon, max_iter=max_iter, tol=tol).plan  # (B, B)
+    cols = torch.multinomial(plan, 1, replacement=True, generator=generator).squeeze(1)  # (B,)
+    return Coupling(x_0, x_1[cols.to(x_1.device)])
+
+
+# --------------------------------------------------------------------------------------
+# Couplings with class labels (lesson 05, The Curse of Conditions)
+# --------------------------------------------------------------------------------------
+
+
+def class_ot_assignment(x_0: Tensor, x_1: Tensor, y: Tensor) -> Tensor:
+    """Minibatch OT that never pairs across classes: an exact assignment within each class.
+
+    Row i of ``x_0`` takes the class ``y[i]`` of row i of the batch as drawn (``x_0`` is independent of
+    ``(x_1, y)``, so the noise of each class is still a sample of the source); within each class k the
+    noise rows ``{i : y_i = k}`` are matched exactly (:func:`ot_assignment`) with the data rows of that
+    class. This is the discrete-condition case of C^2OT (*The Curse of Conditions*): OT over the whole
+    batch would give class k the noise that happens to lie near class k's data, a skewed prior the
+    model never meets at sampling time, when noise is drawn from the whole source.
+
+    Args:
+        x_0: shape (B, ...).
+        x_1: shape (B, ...), the same shape.
+        y: class ids of ``x_1``'s rows, int64 (B,).
+
+    Returns:
+        A permutation ``sigma`` (B,), int64 on ``x_1``'s device, with ``y[sigma] == y``: ``x_1[sigma]``
+        is matched with ``x_0`` and keeps the labels ``y`` in their order.
+    """
+    _check_pair(x_0, x_1)
+    if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.shape != (x_0.shape[0],):
+        got = f"{tuple(y.shape)} {y.dtype}" if isinstance(y, Tensor) else type(y).__name__
+        raise ValueError(f"y must be an int64 tensor of shape ({x_0.shape[0]},) (one class id per row), got {got}")
+    labels = y.detach().cpu()
+    sigma = torch.arange(x_0.shape[0])
+    for k in torch.unique(labels).tolist():
+        idx = (labels == k).nonzero().squeeze(1)  # (n_k,) rows of class k
+        if idx.numel() > 1:
+            sigma[idx] = idx[ot_assignment(x_0[idx.to(x_0.device)], x_1[idx.to(x_1.device)]).cpu()]
+    return sigma.to(x_1.device)
+
+
+def segment_crossings(x_0: Tensor, x_1: Tensor) -> int:
+    """How many pairs of a 2D coupling's straight paths ``x_0[i] -> x_1[i]`` cross each other.
+
+    Two segments ``p + s r`` and ``q + u w`` (``s, u`` in [0, 1]) cross where
+    ``s = (q - p) x w / (r x w)`` and ``u = (q - p) x r / (r x w)`` both lie strictly inside (0, 1),
+    ``x`` being the 2D cross product; parallel segments count as not crossing. Under the independent
+    coupling many pairs cross; under the exact OT coupling for the squared cost two paths can still cross
+    in the plane, at different times, but never meet at the same time.
+
+    Args:
+        x_0: start points (B, 2).
+        x_1: end points (B, 2).
+
+    Returns:
+        The number of crossing pairs ``i < j`` (an int between 0 and B (B - 1) / 2).
+    """
+    _check_pair(x_0, x_1)
+    if x_0.dim() != 2 or x_0.shape[1] != 2:
+        raise ValueError(f"segment_crossings needs 2D points of shape (B, 2), got {tuple(x_0.shape)}")
+    p = x_0.detach().cpu().double()  # (B, 2)
+    r = x_1.detach().cpu().double() - p  # (B, 2) directions
+    qp = p[None, :, :] - p[:, None, :]  # (B, B, 2): q - p for segment i (rows) against j (columns)
+
+    def cross(a: Tensor, b: Tensor) -> Tensor:
+        return a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+
+    denom = cross(r[:, None, :], r[None, :, :])  # (B, B) r_i x r_j
+    ok = denom.abs() > 1e-12
+    safe = torch.where(ok, denom, torch.ones_like(denom))
+    s = cross(qp, r[None, :, :]) / safe  # (B, B) position along segment i
+    u = cross(qp, r[:, None, :]) / safe  # (B, B) position along segment j
+    hit = ok & (s > 0) & (s < 1) & (u > 0) & (u < 1)
+    return int(torch.triu(hit, diagonal=1).sum())

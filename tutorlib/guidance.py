@@ -28,6 +28,13 @@ source, the velocity is affine in the score: ``v_t(x) = a_t x + b_t grad log p_t
 ``p_t(y | x_t)`` guides an unconditional model: ``v = v_uncond + w b_t grad_x log p_t(y | x)``
 (:func:`classifier_guided_velocity`). For the linear path ``b_t = (1 - t) / t``.
 
+**The oracle.** :class:`LabelledGMM` is a Gaussian mixture whose components carry class labels.
+On an affine path every marginal of such data is again a mixture, so the conditional and
+unconditional velocities and the noisy posterior ``p_t(y | x)`` are closed forms; its
+:meth:`LabelledGMM.flow_model` behaves like a perfectly trained class-conditional network (with a
+null class), so :func:`cfg_velocity` runs on it unchanged. Lesson 08 measures what guidance does
+with these exact fields, separately from what a trained network gets wrong.
+
 Shapes: ``x`` is ``(B, ...)`` (points ``(B, D)`` or images ``(B, C, H, W)``), ``t`` is ``(B,)``
 and labels ``y`` are int64 ``(B,)``.
 """
@@ -35,16 +42,19 @@ and labels ``y`` are int64 ``(B,)``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tutorlib.paths import AffinePath
+from tutorlib.data import gmm_component_log_probs
+from tutorlib.paths import AffinePath, gmm_marginal_log_prob, gmm_marginal_velocity
 from tutorlib.utils import batch_times, expand_t
 
 __all__ = [
+    "LabelledGMM",
     "cfg_velocity",
     "classifier_guided_velocity",
     "classifier_log_prob_grad",
@@ -389,3 +399,231 @@ def classifier_loss(classifier: Callable[[Tensor, Tensor], Tensor], path: Affine
     """
     x_t = path.sample(x_0, x_1, t).x_t  # (B, ...)
     return F.cross_entropy(classifier(x_t, t), y)
+
+
+# --------------------------------------------------------------------------------------
+# The oracle: a labelled Gaussian mixture with exact guidance fields
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledGMM:
+    """A Gaussian mixture whose components carry class labels, with its exact fields (lesson 08).
+
+    ``p_1(x) = sum_m pi_m N(x; mu_m, s_m^2 I)``, and component ``m`` belongs to class ``c_m``: so
+    ``p(y) = sum_{m: c_m = y} pi_m`` and ``p_1(x | y)`` is the mixture of class ``y``'s components.
+    On an affine path ``x_t = alpha_t x_1 + sigma_t x_0`` with a ``N(0, I)`` source, ``p_t(x | y)``
+    and ``p_t(x)`` are mixtures too, with components ``N(alpha_t mu_m, (alpha_t^2 s_m^2 +
+    sigma_t^2) I)``. Hence, in closed form:
+
+    * the conditional velocity ``u_t(x | y)`` and the unconditional ``u_t(x)``
+      (:func:`tutorlib.paths.gmm_marginal_velocity` on class ``y``'s components, or on all);
+    * the noisy posterior ``log p_t(y | x) = log p(y) + log p_t(x | y) - log p_t(x)``
+      (:meth:`logits`, whose log-softmax it is), the classifier that classifier guidance needs;
+    * at ``t = 1``, the Bayes classifier of the data (:meth:`classify`), a class judge for samples.
+
+    The course's ``eight_gaussians`` is :meth:`ring` with its defaults (one class per component).
+
+    Args:
+        means: component means ``(M, D)``.
+        stds: isotropic standard deviations ``(M,)``, positive.
+        weights: mixture weights ``(M,)``, positive (normalised here).
+        classes: int64 ``(M,)``, the class of each component; every class ``0..K-1`` has one.
+    """
+
+    means: Tensor  # (M, D) component means, float64
+    stds: Tensor  # (M,) isotropic standard deviations, float64
+    weights: Tensor  # (M,) mixture weights pi_m, normalised, float64
+    classes: Tensor  # (M,) int64 class of each component
+
+    def __post_init__(self):
+        means = torch.as_tensor(self.means, dtype=torch.float64)
+        if means.dim() != 2 or means.shape[0] < 1:
+            raise ValueError(f"means must have shape (M, D) with M >= 1 components, got {tuple(means.shape)}")
+        M = means.shape[0]
+        stds = torch.as_tensor(self.stds, dtype=torch.float64).reshape(-1)
+        weights = torch.as_tensor(self.weights, dtype=torch.float64).reshape(-1)
+        classes = torch.as_tensor(self.classes)
+        for name, v in (("stds", stds), ("weights", weights), ("classes", classes)):
+            if v.shape != (M,):
+                raise ValueError(f"{name} must have shape ({M},), one entry per component, got {tuple(v.shape)}")
+        if not bool((stds > 0).all()) or not bool((weights > 0).all()):
+            raise ValueError("stds and weights must be positive (drop a component instead of giving it weight 0)")
+        if classes.dtype != torch.int64:
+            raise ValueError(f"classes must be int64 class ids, got {classes.dtype}")
+        K = int(classes.max()) + 1
+        if int(classes.min()) < 0 or bool((torch.bincount(classes, minlength=K) == 0).any()):
+            raise ValueError(f"classes must use every id 0..{K - 1} (a class without a component has no data), "
+                             f"got {classes.tolist()}")
+        object.__setattr__(self, "means", means)
+        object.__setattr__(self, "stds", stds)
+        object.__setattr__(self, "weights", weights / weights.sum())
+        object.__setattr__(self, "classes", classes)
+
+    @classmethod
+    def ring(cls, k: int = 8, radius: float = 2.5, std: float = 0.2) -> "LabelledGMM":
+        """``k`` equal components of std ``std`` on a circle of radius ``radius``, at angles ``2 pi j / k``;
+        class ``j`` is component ``j``. The defaults are :func:`tutorlib.data.eight_gaussians`."""
+        angles = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k  # (k,)
+        means = radius * torch.stack([angles.cos(), angles.sin()], 1)  # (k, 2)
+        return cls(means, torch.full((k,), float(std)), torch.ones(k), torch.arange(k))
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes ``K``."""
+        return int(self.classes.max()) + 1
+
+    @property
+    def class_prior(self) -> Tensor:
+        """``p(y)``, ``(K,)``: the summed weights of each class's components."""
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self.classes, self.weights)
+
+    def _part(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        sel = self.classes == k
+        return self.means[sel], self.stds[sel], self.weights[sel]
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` points ``(n, D)`` float32 and their classes ``(n,)`` int64, drawn from ``generator`` (CPU)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be a non-negative int (the number of samples), got {n!r}")
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=generator) if n else \
+            torch.zeros(0, dtype=torch.int64)  # (n,)
+        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)  # (n, D)
+        x = self.means[comp] + self.stds[comp, None] * noise  # (n, D)
+        return x.to(device=device, dtype=torch.float32), self.classes[comp].to(device)
+
+    def sample_given(self, y: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+        """One point of ``p_1(x | y_i)`` per label: ``(B, D)`` float32 on ``y``'s device.
+
+        A label-matched draw: the same class counts as ``y`` (e.g. a held-out set's labels), so a
+        distance between it and that set carries no class-count noise.
+        """
+        y = _check_labels(y, self.num_classes, f"{self.num_classes} classes")
+        B, D = y.shape[0], self.means.shape[1]
+        comp = torch.empty(B, dtype=torch.int64)
+        y_cpu = y.cpu()
+        for k in range(self.num_classes):
+            rows = y_cpu == k
+            if bool(rows.any()):
+                members = torch.nonzero(self.classes == k).flatten()  # (M_k,) this class's components
+                pick = torch.multinomial(self.weights[members], int(rows.sum()), replacement=True, generator=generator)
+                comp[rows] = members[pick]
+        noise = torch.randn(B, D, generator=generator, dtype=torch.float64)  # (B, D)
+        x = self.means[comp] + self.stds[comp, None] * noise  # (B, D)
+        return x.to(device=y.device, dtype=torch.float32)
+
+    def velocity(self, path: AffinePath, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """The exact velocity: ``u_t(x | y)`` per row, or ``u_t(x)`` where ``y`` is ``None`` or the null class ``K``.
+
+        Args:
+            path: the affine path.
+            x: points ``(B, D)``.
+            t: times ``(B,)`` or one time.
+            y: int64 ``(B,)`` in ``[0, K]`` (``K``: unconditional), or ``None`` (all unconditional).
+
+        Returns:
+            ``(B, D)`` in ``x``'s dtype.
+        """
+        t = batch_times(t, x)  # (B,)
+        if y is None:
+            return gmm_marginal_velocity(path, x, t, self.means, self.stds, self.weights)
+        y = _check_labels(y, self.num_classes + 1, f"{self.num_classes} classes, {self.num_classes} is the null class")
+        if y.shape[0] != x.shape[0]:
+            raise ValueError(f"got {y.shape[0]} labels for a batch of {x.shape[0]} points")
+        out = torch.empty_like(x)
+        for k in range(self.num_classes + 1):
+            rows = (y == k).to(x.device)  # (B,)
+            if bool(rows.any()):
+                parts = (self.means, self.stds, self.weights) if k == self.num_classes else self._part(k)
+                out[rows] = gmm_marginal_velocity(path, x[rows], t[rows], *parts)
+        return out
+
+    def logits(self, path: AffinePath) -> Callable[[Tensor, Tensor], Tensor]:
+        """The exact noisy classifier: ``logits(x, t) -> (B, K)`` = ``log p(y) + log p_t(x | y)``.
+
+        Their log-softmax is ``log p_t(y | x)``, so they plug into :func:`classifier_guided_velocity`
+        and :func:`classifier_log_prob_grad` like a trained classifier's logits.
+        """
+        log_prior = self.class_prior.log()  # (K,)
+
+        def logits(x: Tensor, t: Tensor | float) -> Tensor:
+            t = batch_times(t, x)  # (B,)
+            cols = []
+            for k in range(self.num_classes):
+                means, stds, weights = self._part(k)
+                cols.append(log_prior[k].to(x) + gmm_marginal_log_prob(path, x, t, means, stds, weights))
+            return torch.stack(cols, 1)  # (B, K)
+
+        return logits
+
+    def log_posterior(self, x: Tensor) -> Tensor:
+        """``log p(y | x)`` of the data (t = 1) for every class: ``(B, K)``."""
+        log_joint = gmm_component_log_probs(x, self.means.to(x), self.stds.to(x), self.weights.to(x))  # (B, M)
+        per_class = [torch.logsumexp(log_joint[:, (self.classes == k).to(x.device)], 1) for k in range(self.num_classes)]
+        return torch.log_softmax(torch.stack(per_class, 1), 1)  # (B, K)
+
+    def classify(self, x: Tensor) -> Tensor:
+        """The Bayes classifier of the data: the most probable class of each point, int64 ``(B,)``."""
+        return self.log_posterior(x).argmax(1)
+
+    def sharpened_target(self, w: float, n: int, *, generator: torch.Generator | None = None) -> dict[str, float]:
+        """Class accuracy and spread of the "sharpened" density ``p(x) p(y | x)^w``, per class (lesson 08).
+
+        Within class ``y`` the density is ``pi_w(x | y) ~ p(x) p(y | x)^w ~ p(x | y) p(y | x)^(w - 1)``, so it is
+        estimated by self-normalised importance sampling: ``n`` points of the mixture, each weighted within
+        its class by ``p(y | x)^(w - 1)`` (the exact posterior). Guidance is often said to sample this density;
+        lesson 08 compares it with what guided sampling actually gives.
+
+        Args:
+            w: the sharpening exponent (guidance scale); 1 gives the data itself.
+            n: points drawn (every class needs a good share; thousands per class for large ``w``).
+            generator: draws the points.
+
+        Returns:
+            ``{"accuracy": the mean over classes of pi_w's mass that the Bayes classifier assigns to the class,
+            "spread_ratio": the mean over classes of pi_w's within-class spread (root-mean-square distance to
+            its mean) divided by the class's own spread}``.
+        """
+        w = _check_scale(w)
+        x, y = self.sample(n, generator=generator)
+        x = x.double()  # (n, D)
+        log_post = self.log_posterior(x)  # (n, K)
+        log_weight = (w - 1.0) * log_post[torch.arange(n), y]  # (n,)
+        correct = (log_post.argmax(1) == y).double()  # (n,)
+        acc, ratio = [], []
+        for k in range(self.num_classes):
+            rows = y == k
+            if int(rows.sum()) < 2:
+                raise ValueError(f"class {k} got {int(rows.sum())} of the {n} points: draw more (n)")
+            xk, weight = x[rows], torch.softmax(log_weight[rows], 0)  # (n_k, D), (n_k,)
+            centre = (weight[:, None] * xk).sum(0)  # (D,)
+            spread = (weight * (xk - centre).square().sum(1)).sum().sqrt()
+            plain = (xk - xk.mean(0)).square().sum(1).mean().sqrt()
+            acc.append(float((weight * correct[rows]).sum()))
+            ratio.append(float(spread / plain))
+        return {"accuracy": sum(acc) / len(acc), "spread_ratio": sum(ratio) / len(ratio)}
+
+    def flow_model(self, path: AffinePath) -> "ExactFlowModel":
+        """A callable ``model(x, t, y=None)`` with ``null_class = K``: the perfectly trained CFG network."""
+        return ExactFlowModel(self, path)
+
+
+class ExactFlowModel:
+    """The exact fields of a :class:`LabelledGMM` called like a class-conditional network (lesson 08).
+
+    ``model(x, t, y)`` is ``u_t(x | y)``; rows whose label is ``null_class`` (and ``y=None``) get
+    ``u_t(x)``: what a network trained with label dropout learns at best. :func:`cfg_velocity`
+    accepts it in place of a network.
+    """
+
+    def __init__(self, gmm: LabelledGMM, path: AffinePath):
+        self.gmm, self.path = gmm, path
+
+    @property
+    def null_class(self) -> int:
+        """The null label ``K``."""
+        return self.gmm.num_classes
+
+    def __call__(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        return self.gmm.velocity(self.path, x, t, y)
