@@ -230,3 +230,16 @@ def test_ddim_clip_denoised_bounds_the_estimate_under_the_cosine_schedule():
     assert tame.abs().max() <= 5.0 + 1e-9
     with pytest.raises(ValueError, match="clip_denoised"):
         ddim_sample(bad_eps, x_T, schedule, steps=10, clip_denoised=0.0)
+
+
+def test_ddpm_scheduler_time_at_snr_is_the_exact_inverse():
+    """The closed-form inverse agrees with the generic bisection, and below alpha_0 / sigma_0 gives t = 0."""
+    from tutorlib.schedulers import Scheduler
+
+    for betas in (linear_betas(1000), cosine_betas(200)):
+        sch = DDPMScheduler(DDPMSchedule(betas))
+        t = torch.cat([torch.linspace(0.0, 0.999, 301, dtype=F64), torch.tensor([1.0], dtype=F64)])
+        snr = sch.snr(t)
+        torch.testing.assert_close(sch.time_at_snr(snr), t, rtol=0, atol=1e-9)
+        torch.testing.assert_close(sch.time_at_snr(snr[1:-1]), Scheduler.time_at_snr(sch, snr[1:-1]), rtol=0, atol=1e-9)
+        assert sch.time_at_snr(snr[0] / 2).item() == 0.0 and sch.snr(torch.tensor(1.0, dtype=F64)).item() == math.inf

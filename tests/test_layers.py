@@ -17,7 +17,7 @@ PACKAGE = ROOT / "tutorlib"
 LAYERS = {
     1: ["utils", "device", "files", "data", "mnist", "checkpoints", "claims"],
     2: ["schedulers", "paths", "couplings", "models"],
-    3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm"],
+    3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm", "interpolants"],
     4: ["train", "metrics", "judge", "recipes", "distributed"],
     5: ["plotting", "widgets", "exercises"],
 }

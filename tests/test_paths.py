@@ -241,3 +241,52 @@ def test_paths_on_cuda():
     u = gmm_marginal_velocity(path, x_1, t, MEANS.cuda()[:, :1, None, None].expand(3, 1, 3, 3), STDS.cuda(),
                               WEIGHTS.cuda())
     assert u.device.type == "cuda" and u.dtype == torch.float32
+
+
+# --- one path seen as another (lesson 04) ---
+
+from tutorlib.paths import PathTransfer, snr_match  # noqa: E402
+
+
+@pytest.mark.parametrize("source", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("target", [CondOTPath(), AffinePath(CosineScheduler()), AffinePath(LinearVPScheduler())],
+                         ids=repr)
+def test_snr_match_maps_points_of_one_path_onto_the_other(source, target):
+    """x'_s = scale * x_t for the same (x_0, x_1), at s of equal SNR (kept inside both SNR ranges)."""
+    x_0, x_1 = _pair((7, 3), seed=5)
+    t = torch.linspace(0.15, 0.9, 7, dtype=F64)
+    m = snr_match(t, source, target)
+    torch.testing.assert_close(target.scheduler.snr(m.t), source.scheduler.snr(t), rtol=1e-9, atol=0)
+    torch.testing.assert_close(target.sample(x_0, x_1, m.t).x_t, expand_t(m.scale, x_0) * source.sample(x_0, x_1, t).x_t,
+                               rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("source", PATHS, ids=PATH_IDS)
+@pytest.mark.parametrize("target", PATHS, ids=PATH_IDS)
+def test_path_transfer_of_an_exact_field_is_the_exact_field_of_the_target(source, target):
+    """The closed-form mixture velocity of one path, transferred, equals the other path's (float64)."""
+    g = _gen(6)
+    means, stds, w = torch.randn(3, 2, generator=g, dtype=F64) * 2, torch.tensor([0.3, 0.5, 0.2], dtype=F64), \
+        torch.tensor([1.0, 2.0, 1.5], dtype=F64)
+    x = torch.randn(40, 2, generator=g, dtype=F64) * 1.5
+    t = torch.linspace(0.1, 0.95, 40, dtype=F64)
+    field = lambda x, t: gmm_marginal_velocity(source, x, t, means, stds, w)  # noqa: E731
+    got = PathTransfer(field, source, target)(x, t)
+    torch.testing.assert_close(got, gmm_marginal_velocity(target, x, t, means, stds, w), rtol=1e-7, atol=1e-7)
+
+
+def test_path_transfer_is_finite_at_both_ends_and_takes_a_shared_time():
+    """Neither conversion divides by alpha or sigma: t = 0 and t = 1 of the linear path are fine."""
+    cos, lin = AffinePath(CosineScheduler()), CondOTPath()
+    means, stds, w = torch.tensor([[1.0, -1.0]], dtype=F64), torch.tensor([0.5], dtype=F64), torch.ones(1, dtype=F64)
+    field = lambda x, t: gmm_marginal_velocity(cos, x, t, means, stds, w)  # noqa: E731
+    v = PathTransfer(field, cos, lin)
+    x = torch.randn(5, 2, generator=_gen(7), dtype=F64)
+    for tv in (0.0, 1.0):
+        got = v(x, torch.full((5,), tv, dtype=F64))
+        assert torch.isfinite(got).all()
+        want = gmm_marginal_velocity(lin, x, torch.full((5,), tv, dtype=F64), means, stds, w) if tv == 0.0 else None
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(v(x, torch.tensor(0.4, dtype=F64)), v(x, torch.full((5,), 0.4, dtype=F64)))
+    assert "CondOT" in repr(v)

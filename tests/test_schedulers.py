@@ -105,3 +105,35 @@ def test_invalid_arguments():
     with pytest.raises(ValueError):
         CosineVPScheduler(s=-1.0)
     assert isinstance(CosineVPScheduler(), VPScheduler)
+
+
+# --- signal-to-noise ratio and its inverse (lesson 04) ---
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS, ids=IDS)
+def test_time_at_snr_inverts_snr(scheduler):
+    t = torch.linspace(0.02, 0.98, 49, dtype=torch.float64)
+    torch.testing.assert_close(scheduler.time_at_snr(scheduler.snr(t)), t, rtol=0, atol=1e-10)
+    assert scheduler.time_at_snr(math.inf).item() == 1.0
+    assert scheduler.time_at_snr(torch.tensor([math.inf, 1.0])).shape == (2,)
+
+
+@pytest.mark.parametrize("scheduler", [CondOTScheduler(), PolynomialScheduler(2.0), PolynomialScheduler(0.5),
+                                       CosineScheduler(), LinearVPScheduler(), LinearVPScheduler(1.0, 1.0)], ids=repr)
+def test_closed_form_time_at_snr_matches_the_bisection(scheduler):
+    from tutorlib.schedulers import Scheduler
+
+    snr = torch.tensor([0.0, 1e-3, 0.3, 1.0, 4.0, 250.0], dtype=torch.float64)
+    torch.testing.assert_close(scheduler.time_at_snr(snr), Scheduler.time_at_snr(scheduler, snr), rtol=0, atol=1e-12)
+
+
+def test_time_at_snr_below_the_smallest_snr_is_zero_and_bad_ratios_fail():
+    vp = LinearVPScheduler()
+    floor = float(vp.snr(torch.tensor(0.0, dtype=torch.float64)))  # alpha_0 / sigma_0 > 0
+    assert 0.005 < floor < 0.01
+    assert vp.time_at_snr(floor / 2).item() == 0.0
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError, match="non-negative"):
+            CondOTScheduler().time_at_snr(bad)
+        with pytest.raises(ValueError, match="non-negative"):
+            vp.time_at_snr(torch.tensor([0.5, bad]))

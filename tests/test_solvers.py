@@ -246,3 +246,200 @@ def test_steps_for_nfe_counts_evaluations():
     for method, nfe in (("midpoint", 3), ("rk4", 2), ("dopri5", 10), ("euler", 0)):
         with pytest.raises(ValueError):
             steps_for_nfe(method, nfe)
+
+
+# --- time grids (lesson 07) ---
+
+
+def test_power_time_grid():
+    from tutorlib.solvers import power_time_grid
+
+    torch.testing.assert_close(power_time_grid(5, 1.0), torch.linspace(0, 1, 6, dtype=F64))
+    g = power_time_grid(8, 2.5)
+    assert g[0].item() == 0.0 and g[-1].item() == 1.0 and bool((g.diff() > 0).all())
+    assert bool((g.diff().diff() < 0).all())  # rho > 1: the steps shrink towards t = 1
+    torch.testing.assert_close(g, 1 - (1 - torch.arange(9, dtype=F64) / 8) ** 2.5)
+    back = power_time_grid(4, 2.0, t0=1.0, t1=0.0)
+    assert back[0].item() == 1.0 and back[-1].item() == 0.0 and bool((back.diff() < 0).all())
+    for steps, rho in ((0, 1.0), (3, 0.0), (2.5, 1.0)):
+        with pytest.raises(ValueError):
+            power_time_grid(steps, rho)
+
+
+def _cubic(x, t):
+    """dx/dt = 3 t^2 (every coordinate): x(t) = x(0) + t^3, and an Euler jump from t by h misses by 3 t h^2 + h^3."""
+    return (3.0 * t**2)[:, None].expand_as(x)
+
+
+def test_euler_jump_costs_closed_form():
+    from tutorlib.solvers import euler_jump_costs
+
+    times = torch.linspace(0, 1, 9, dtype=F64)
+    x_0 = torch.randn(5, 2, dtype=F64)
+    traj = x_0[None] + times[:, None, None] ** 3  # (9, 5, 2) exact states
+    vel = torch.stack([_cubic(x, torch.full((5,), float(t), dtype=F64)) for x, t in zip(traj, times)])
+    C = euler_jump_costs(traj, vel, times)
+    ti, tj = times[:, None], times[None, :]
+    h = tj - ti
+    expected = math.sqrt(2) * (3 * ti * h**2 + h**3)  # the same miss in both coordinates
+    upper = torch.triu(torch.ones(9, 9, dtype=torch.bool), 1)
+    torch.testing.assert_close(C[upper], expected[upper])
+    assert bool(torch.isinf(C[~upper]).all())
+    # a constant field: Euler is exact, every jump is free
+    const = torch.ones_like(traj)
+    C0 = euler_jump_costs(x_0[None] + times[:, None, None] * 1.0, const, times)
+    assert C0[upper].abs().max().item() < 1e-12
+    with pytest.raises(ValueError, match="increase"):
+        euler_jump_costs(traj, vel, times.flip(0))
+    with pytest.raises(ValueError, match="both"):
+        euler_jump_costs(traj, vel[:, :3], times)
+
+
+def test_bellman_grid_is_the_brute_force_optimum():
+    import itertools
+
+    from tutorlib.solvers import bellman_grid
+
+    g = torch.Generator().manual_seed(0)
+    n = 9
+    C = torch.rand(n + 1, n + 1, generator=g, dtype=F64)
+    C[~torch.triu(torch.ones(n + 1, n + 1, dtype=torch.bool), 1)] = math.inf
+    for K in (1, 2, 3, 4, n):
+        best = min((sum(C[a, b].item() for a, b in zip((0, *mid), (*mid, n))), (0, *mid, n))
+                   for mid in itertools.combinations(range(1, n), K - 1))
+        out = bellman_grid(C, K)
+        assert out.indices == list(best[1]) and out.cost == pytest.approx(best[0])
+        torch.testing.assert_close(out.times, torch.tensor(best[1], dtype=F64) / n)
+    # a convex cost of the step alone: the uniform grid is optimal
+    t = torch.arange(13, dtype=F64) / 12
+    Cq = (t[None] - t[:, None]) ** 2
+    Cq[~torch.triu(torch.ones(13, 13, dtype=torch.bool), 1)] = math.inf
+    assert bellman_grid(Cq, 4, t).indices == [0, 3, 6, 9, 12]
+    for bad in (0, 13, 2.0):
+        with pytest.raises(ValueError, match="steps"):
+            bellman_grid(Cq, bad)
+    with pytest.raises(ValueError, match="square"):
+        bellman_grid(Cq[:, :5], 2)
+
+
+def _sixth(x, t):
+    """dx/dt = 6 t^5: x(t) = x(0) + t^6, a field that changes fastest near t = 1."""
+    return (6.0 * t**5)[:, None].expand_as(x)
+
+
+def test_optimal_time_grid_beats_the_uniform_grid_where_the_field_bends():
+    """On dx/dt = 6 t^5 the Euler error of a step grows with t, so the best grid crowds towards t = 1,
+    and its Euler solution is more accurate than the uniform grid's at the same number of steps."""
+    from tutorlib.solvers import optimal_time_grid
+
+    x_0 = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    exact = x_0 + 1.0
+    best = optimal_time_grid(_sixth, x_0, 4, candidates=64)
+    assert best.indices[0] == 0 and best.indices[-1] == 64 and len(best.times) == 5
+    assert bool((best.times.diff().diff() < 0).all())  # shrinking steps
+    err = lambda sol: (sol.x - exact).abs().max().item()  # noqa: E731
+    uniform = ode_solve(_sixth, x_0, method="euler", steps=4)
+    tuned = ode_solve(_sixth, x_0, method="euler", time_grid=best.times)
+    assert err(tuned) < 0.6 * err(uniform)
+    # the summed local errors it minimised equal the global error here (the errors add up: v ignores x)
+    assert best.cost == pytest.approx(math.sqrt(2) * err(tuned), rel=1e-6)
+    with pytest.raises(ValueError, match="fixed-step"):
+        optimal_time_grid(_sixth, x_0, 4, reference_method="dopri5")
+
+
+@pytest.mark.parametrize("method", list(EXPECTED_ORDER))
+def test_measured_order_holds_on_a_non_uniform_grid(method):
+    from tutorlib.solvers import power_time_grid
+
+    x_0 = torch.tensor([[0.5], [1.0], [2.0]], dtype=F64)
+    exact = 1.0 / (1.0 + 1.0 / x_0)
+    err = [(ode_solve(_riccati, x_0, method=method, time_grid=power_time_grid(k, 1.3)).x - exact).abs().max().item()
+           for k in (32, 64)]
+    assert math.log2(err[0] / err[1]) == pytest.approx(EXPECTED_ORDER[method], abs=0.2)
+
+
+# --- the reverse-SDE family of noise levels (lesson 04) ---
+
+
+def test_reverse_diffusion_on_a_vp_path_is_the_noise_rate_and_keeps_the_marginals():
+    """On DDPM's path g^2 = 2 d log alpha / dt = -T log(1 - beta_j) (about T beta_j); with the exact field of
+    Gaussian data, Euler-Maruyama at noise 0, 1 and 2 all end at N(mu, s^2 I)."""
+    from tutorlib.ddpm import DDPMSchedule, DDPMScheduler, linear_betas
+    from tutorlib.solvers import reverse_diffusion
+
+    schedule = DDPMSchedule(linear_betas(1000))
+    path = AffinePath(DDPMScheduler(schedule))
+    j = torch.tensor([1, 10, 500, 1000])
+    t = 1 - (j.double() - 0.5) / 1000  # inside the piece of beta_j
+    x = torch.zeros(4, 2, dtype=F64)
+    g = reverse_diffusion(path, 1.0)(x, t)
+    torch.testing.assert_close(g.square(), -1000 * torch.log1p(-schedule.betas[j - 1]), rtol=1e-9, atol=0)
+    torch.testing.assert_close(reverse_diffusion(path, 2.0)(x, t), 2 * g)
+    mu, s = torch.tensor([1.0, -2.0], dtype=F64), 0.5
+    v = gaussian_field(path, mu, s)
+    score = lambda x, t: path.velocity_to_score(v(x, t), x, t)  # noqa: E731
+    x_0 = torch.randn(3000, 2, generator=torch.Generator().manual_seed(6), dtype=F64)
+    t1 = 1 - 1e-3
+    for noise in (0.0, 1.0, 2.0):
+        diff = reverse_diffusion(path, noise)
+        sol = sde_solve(velocity_to_sde_drift(v, score, diff), diff, x_0, steps=300, t1=t1,
+                        generator=torch.Generator().manual_seed(7))
+        torch.testing.assert_close(sol.x.mean(0), mu, atol=0.05, rtol=0)
+        torch.testing.assert_close(sol.x.std(0), torch.full((2,), s, dtype=F64), atol=0.03, rtol=0)
+
+
+def test_reverse_diffusion_vanishes_at_the_data_end_and_refuses_bad_noise():
+    from tutorlib.solvers import reverse_diffusion
+
+    diff = reverse_diffusion(CondOTPath(), 1.0)
+    x = torch.zeros(3, 2, dtype=F64)
+    g = diff(x, torch.tensor([0.25, 0.5, 1.0], dtype=F64))
+    # linear path: g^2 = 2 (1 - t) / t
+    torch.testing.assert_close(g.square(), torch.tensor([6.0, 2.0, 0.0], dtype=F64))
+    assert g.shape == (3,) and diff(x, torch.tensor(0.5, dtype=F64)).shape == (3,)
+    for bad in (-0.5, math.nan, True):
+        with pytest.raises(ValueError, match="noise"):
+            reverse_diffusion(CondOTPath(), bad)
+
+
+def test_fit_time_grid_reduces_the_global_error():
+    """On dx/dt = 6 t^5 (no x dependence) the Euler error is the sum of the local errors: the fitted grid
+    matches the dynamic program's (on fine candidates) and beats the uniform grid; on dx/dt = 2 t, where
+    each step's error is its length squared, the uniform grid is already optimal and stays put."""
+    from tutorlib.solvers import fit_time_grid, optimal_time_grid
+
+    x_0 = torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    target = x_0 + 1.0
+    fitted = fit_time_grid(_sixth, x_0, target, 4, iters=400, lr=0.05)
+    assert fitted.times[0].item() == 0.0 and fitted.times[-1].item() == 1.0 and bool((fitted.times.diff() > 0).all())
+    assert fitted.losses[-1] < 0.35 * fitted.losses[0]  # 0.34^2 against 0.60^2 for the uniform grid
+    err = lambda g: (ode_solve(_sixth, x_0, time_grid=g).x - target).abs().max().item()  # noqa: E731
+    best = optimal_time_grid(_sixth, x_0, 4, candidates=256)
+    assert err(fitted.times) <= err(best.times) * 1.01 < err(torch.linspace(0, 1, 5, dtype=F64))
+    torch.testing.assert_close(fitted.times, best.times, atol=0.01, rtol=0)
+
+    linear = lambda x, t: (2 * t)[:, None].expand_as(x)  # noqa: E731
+    stay = fit_time_grid(linear, x_0, x_0 + 1.0, 4, iters=100)
+    torch.testing.assert_close(stay.times, torch.linspace(0, 1, 5, dtype=F64), atol=1e-3, rtol=0)
+    start = fit_time_grid(linear, x_0, x_0 + 1.0, 2, iters=1, init=torch.tensor([0.0, 0.8, 1.0]))
+    assert start.losses[0] == pytest.approx(2 * (0.8**2 + 0.2**2) ** 2, rel=1e-6)  # Euler misses by sum h_k^2 per coordinate
+    with pytest.raises(ValueError, match="init"):
+        fit_time_grid(linear, x_0, x_0, 2, init=torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="target"):
+        fit_time_grid(linear, x_0, x_0[:3], 2)
+
+
+def test_affine_sde_drift_is_velocity_to_sde_drift_with_one_evaluation():
+    from tutorlib.solvers import affine_sde_drift, reverse_diffusion
+
+    path = AffinePath(CosineScheduler())
+    v = gaussian_field(path, torch.tensor([0.5, 1.0], dtype=F64), 0.3)
+    calls = []
+    counted = lambda x, t: calls.append(1) or v(x, t)  # noqa: E731
+    diff = reverse_diffusion(path, 0.7)
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(8), dtype=F64)
+    t = torch.linspace(0.2, 0.8, 6, dtype=F64)
+    got = affine_sde_drift(counted, path, diff)(x, t)
+    assert len(calls) == 1
+    want = velocity_to_sde_drift(v, lambda x, t: path.velocity_to_score(v(x, t), x, t), diff)(x, t)
+    torch.testing.assert_close(got, want)

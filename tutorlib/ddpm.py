@@ -324,8 +324,26 @@ class DDPMScheduler(VPScheduler):
         log_ab, slope = self._interp(t)
         return (-0.5 * self.schedule.T) * slope * torch.exp(0.5 * log_ab)
 
+    def time_at_snr(self, snr: Tensor | float, *, iters: int = 60) -> Tensor:
+        """The exact inverse of :meth:`snr` on the interpolated schedule (``iters`` unused).
+
+        alpha / sigma = snr means log alpha_bar = log(snr^2 / (1 + snr^2)); the piece of the log-linear
+        interpolation holding that value is found by ``searchsorted``. SNRs below alpha_0 / sigma_0
+        (k = T) give t = 0, ``inf`` gives t = 1.
+        """
+        snr = torch.as_tensor(snr).to(torch.float64)
+        if bool(torch.isnan(snr).any()) or bool((snr < 0).any()):
+            raise ValueError("snr must be non-negative (alpha_t / sigma_t >= 0; inf for the data end)")
+        T = self.schedule.T
+        neg = (-self._log_ab).to(snr.device)  # (T+1,) increasing from 0
+        target = torch.log1p(snr.square().reciprocal())  # -log(snr^2 / (1 + snr^2)) >= 0; 0 for inf
+        j = (torch.searchsorted(neg, target.reshape(-1), right=True) - 1).clamp(0, T - 1).reshape(target.shape)
+        k = j + (target - neg[j]) / (neg[j + 1] - neg[j])
+        return (1.0 - k.clamp(0.0, float(T)) / T).clamp(0.0, 1.0)
+
     def sigma(self, t: Tensor) -> Tensor:
-        return torch.sqrt(-torch.expm1(self._interp(t)[0]))
+        # 1 - alpha_bar = -expm1(log alpha_bar) >= 0; abs() turns the -0.0 of t = 1 into +0.0 (so snr = +inf)
+        return torch.sqrt(torch.expm1(self._interp(t)[0]).abs())
 
 
 class DDPMVelocity:

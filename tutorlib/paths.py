@@ -18,6 +18,11 @@ normal source the score is ``grad log p_t(x_t) = -E[x_0 | x_t] / sigma_t``.
 and density of a Gaussian-mixture data distribution in closed form (lesson 03's oracle for
 "the CFM gradient equals the FM gradient", and the tests' ground truth).
 
+Paths that reach the same signal-to-noise ratio alpha_t / sigma_t hold the same information:
+:func:`snr_match` maps a time and a point of one path to the other, and :class:`PathTransfer`
+turns a velocity field learned on one path into the field of another (lesson 04: a DDPM model on
+the flow-matching path, DDIM as Euler's method on the linear path).
+
 ``t`` is a tensor of shape (B,) (or a 0-d tensor / float) and ``x`` any shape (B, ...):
 (B, D) points or (B, C, H, W) images; :func:`expand_t` does the broadcasting.
 """
@@ -25,6 +30,7 @@ and density of a Gaussian-mixture data distribution in closed form (lesson 03's 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -37,9 +43,12 @@ __all__ = [
     "AffinePath",
     "CondOTPath",
     "PathSample",
+    "PathTransfer",
+    "SNRMatch",
     "gmm_marginal_log_prob",
     "gmm_marginal_velocity",
     "randn_like",
+    "snr_match",
 ]
 
 
@@ -187,6 +196,95 @@ class CondOTPath(AffinePath):
         """x_t = x_0 + t (x_1 - x_0) and dx_t = x_1 - x_0; shapes as in :meth:`AffinePath.sample`."""
         x_t = torch.lerp(x_0, x_1, expand_t(torch.as_tensor(t, dtype=x_1.dtype, device=x_1.device), x_1))  # (B, ...)
         return PathSample(x_0=x_0, x_1=x_1, x_t=x_t, t=t, dx_t=x_1 - x_0)
+
+
+# --- one path seen as another: equal signal-to-noise ratio (lesson 04) ---
+
+
+@dataclass
+class SNRMatch:
+    """Where a time and a point of one affine path sit on another path (see :func:`snr_match`)."""
+
+    t: Tensor  # (B,) float64: the times on the target path with the same alpha / sigma
+    scale: Tensor  # (B,) float64: x_target = scale * x_source, scale = (alpha' + sigma') / (alpha + sigma)
+
+
+def snr_match(t: Tensor | float, source: AffinePath, target: AffinePath) -> SNRMatch:
+    """Map times of ``source`` to the times of ``target`` with the same signal-to-noise ratio (lesson 04).
+
+    Both paths mix the same pair: x_t = alpha_t x_1 + sigma_t x_0 on ``source`` and
+    x'_s = alpha'_s x_1 + sigma'_s x_0 on ``target``. Where alpha'_s / sigma'_s = alpha_t / sigma_t,
+    the two points are multiples of each other, x'_s = c x_t with c = alpha'_s / alpha_t =
+    sigma'_s / sigma_t = (alpha'_s + sigma'_s) / (alpha_t + sigma_t) (the last form has no 0 / 0),
+    so they carry the same information about x_1: E[x_1 | x'_s = c x] = E[x_1 | x_t = x], and the
+    same for x_0. Every affine path is therefore every other one, up to a change of clock and a
+    rescaling of space. Example: DDPM's linear schedule at k = T has alpha / sigma of about 0.0064,
+    so it starts the linear path at t = 0.0064, not at 0.
+
+    Args:
+        t: times on ``source``, a float or shape (B,).
+        source, target: the two paths.
+
+    Returns:
+        An :class:`SNRMatch` with the target times and the scale factor, float64, the shape of ``t``.
+        Times whose SNR lies below the smallest the target reaches (alpha'_0 > 0) map to s = 0, where
+        the match is not exact.
+    """
+    t = torch.as_tensor(t).to(torch.float64)
+    a = source.scheduler(t)
+    s = target.scheduler.time_at_snr(a.alpha_t / a.sigma_t)  # (B,)
+    b = target.scheduler(s)
+    return SNRMatch(t=s, scale=(b.alpha_t + b.sigma_t) / (a.alpha_t + a.sigma_t))
+
+
+class PathTransfer:
+    """A velocity field learned on one affine path, seen as the field of another (lesson 04).
+
+    At a point ``x`` and time ``t`` of the ``target`` path, find the ``source`` time ``s`` with the
+    same SNR and the source point ``x_s = c x`` (:func:`snr_match`), ask the source field for its
+    velocity there, read off the two conditional means it implies,
+    D = E[x_1 | x] = ``velocity_to_x1`` and E[x_0 | x] = ``velocity_to_epsilon`` (the same on both
+    paths, by the SNR argument), and rebuild the target's velocity from them::
+
+        v_target(x, t) = d_alpha'_t D + d_sigma'_t E[x_0 | x].
+
+    If the source field is a path's exact marginal velocity, the result is the target's exact
+    marginal velocity (``tests/test_paths.py`` checks it on Gaussian mixtures). Neither conversion
+    divides by alpha_t or sigma_t, so the result is finite at both ends of the target path; but
+    target times whose SNR the source never reaches (below alpha_0 / sigma_0 of a DDPM source) are
+    evaluated at s = 0, where it is not the source's field any more.
+
+    Args:
+        velocity: ``velocity(x, t)`` on ``source``, x (B, ...) and t (B,).
+        source: the path the field was learned on.
+        target: the path to see it on.
+
+    Example (a DDPM epsilon-model on the linear path, sampled by Euler)::
+
+        v = ddpm_to_velocity(eps_model, schedule)
+        v_lin = PathTransfer(v, v.path, CondOTPath())
+    """
+
+    def __init__(self, velocity: Callable[[Tensor, Tensor], Tensor], source: AffinePath, target: AffinePath):
+        self.velocity = velocity
+        self.source = source
+        self.target = target
+
+    def __repr__(self) -> str:
+        return f"PathTransfer({self.source!r} -> {self.target!r})"
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        """The target path's velocity at ``x`` (B, ...) and ``t`` (B,)."""
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        match = snr_match(t, self.target, self.source)  # target time -> source time and x scale
+        s = match.t.to(x.device, x.dtype)  # (B,)
+        x_s = expand_t(match.scale.to(x.device, x.dtype), x) * x  # (B, ...)
+        v_s = self.velocity(x_s, s)  # (B, ...)
+        x1_hat = self.source.velocity_to_x1(v_s, x_s, s)  # (B, ...) E[x_1 | x]
+        x0_hat = self.source.velocity_to_epsilon(v_s, x_s, s)  # (B, ...) E[x_0 | x]
+        out = self.target.scheduler(t.to(x.dtype))
+        return expand_t(out.d_alpha_t, x) * x1_hat + expand_t(out.d_sigma_t, x) * x0_hat
 
 
 # --- Gaussian-mixture data: closed-form marginal path (lesson 03, tests) ---

@@ -46,6 +46,13 @@ class SchedulerOutput:
     d_sigma_t: Tensor  # d sigma_t / dt
 
 
+def _check_snr(snr: Tensor) -> None:
+    """Refuse ratios alpha / sigma that no path has (negative or NaN)."""
+    if bool(torch.isnan(snr).any()) or bool((snr < 0).any()):
+        raise ValueError("snr must be non-negative (alpha_t / sigma_t >= 0; inf for the data end), got values "
+                         f"in [{float(snr.min()):.4g}, {float(snr.max()):.4g}] or NaN")
+
+
 def _as_time(t: Tensor | float) -> Tensor:
     """``t`` as a floating tensor (a Python number becomes a 0-d tensor of the default dtype)."""
     t = torch.as_tensor(t)
@@ -74,6 +81,45 @@ class Scheduler:
         fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({fields})"
 
+    def snr(self, t: Tensor | float) -> Tensor:
+        """The signal-to-noise ratio alpha_t / sigma_t (lesson 04), the shape of ``t``.
+
+        It rises from alpha_0 / sigma_0 (0 when alpha_0 = 0) to infinity at t = 1. Two affine paths
+        at times of equal SNR hold the same information about x_1: their points differ only by the
+        factor (alpha + sigma) (see :func:`tutorlib.paths.snr_match`). (Some papers call the square,
+        alpha^2 / sigma^2, the SNR; this ratio is its square root.)
+        """
+        out = self(t)
+        return out.alpha_t / out.sigma_t
+
+    def time_at_snr(self, snr: Tensor | float, *, iters: int = 60) -> Tensor:
+        """The time t with alpha_t / sigma_t = ``snr``: the inverse of :meth:`snr` (lesson 04).
+
+        The base class bisects on [0, 1] in float64 (``iters`` halvings: 2^-60 of the interval), which
+        needs an SNR that increases with t (every scheduler of the course); subclasses with a closed
+        form override it. An SNR below this scheduler's smallest (alpha_0 / sigma_0 > 0 on
+        :class:`LinearVPScheduler` and DDPM's schedules) gives t = 0, and ``inf`` gives t = 1.
+
+        Args:
+            snr: non-negative ratios alpha / sigma, any shape (``inf`` allowed).
+            iters: bisection steps.
+
+        Returns:
+            Times in [0, 1], float64, the shape and device of ``snr``.
+
+        Raises:
+            ValueError: a negative or NaN ratio.
+        """
+        snr = torch.as_tensor(snr).to(torch.float64)
+        _check_snr(snr)
+        lo, hi = torch.zeros_like(snr), torch.ones_like(snr)
+        for _ in range(iters):
+            mid = 0.5 * (lo + hi)
+            below = self.snr(mid) < snr  # the root lies above mid
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        t = torch.where(lo == 0, lo, 0.5 * (lo + hi))  # below the smallest SNR: exactly 0
+        return torch.where(torch.isinf(snr), torch.ones_like(snr), t)
+
 
 class CondOTScheduler(Scheduler):
     """The conditional-OT (linear) path: alpha_t = t, sigma_t = 1 - t (lesson 03).
@@ -85,6 +131,12 @@ class CondOTScheduler(Scheduler):
         t = _as_time(t)
         one = torch.ones_like(t)
         return SchedulerOutput(alpha_t=t, sigma_t=1.0 - t, d_alpha_t=one, d_sigma_t=-one)
+
+    def time_at_snr(self, snr: Tensor | float, *, iters: int = 60) -> Tensor:
+        """t / (1 - t) = snr, so t = snr / (1 + snr) (closed form; ``iters`` unused)."""
+        snr = torch.as_tensor(snr).to(torch.float64)
+        _check_snr(snr)
+        return torch.where(torch.isinf(snr), torch.ones_like(snr), snr / (1.0 + snr))
 
 
 class PolynomialScheduler(Scheduler):
@@ -108,6 +160,12 @@ class PolynomialScheduler(Scheduler):
         d_alpha = self.n * t.pow(self.n - 1.0)
         return SchedulerOutput(alpha_t=alpha, sigma_t=1.0 - alpha, d_alpha_t=d_alpha, d_sigma_t=-d_alpha)
 
+    def time_at_snr(self, snr: Tensor | float, *, iters: int = 60) -> Tensor:
+        """t^n / (1 - t^n) = snr, so t = (snr / (1 + snr))^(1/n) (closed form; ``iters`` unused)."""
+        snr = torch.as_tensor(snr).to(torch.float64)
+        _check_snr(snr)
+        return torch.where(torch.isinf(snr), torch.ones_like(snr), (snr / (1.0 + snr)).pow(1.0 / self.n))
+
 
 class CosineScheduler(Scheduler):
     """The cosine (trigonometric) path: alpha_t = sin(pi t / 2), sigma_t = cos(pi t / 2) (lesson 04).
@@ -123,6 +181,12 @@ class CosineScheduler(Scheduler):
         return SchedulerOutput(
             alpha_t=sin, sigma_t=cos, d_alpha_t=(0.5 * math.pi) * cos, d_sigma_t=(-0.5 * math.pi) * sin
         )
+
+    def time_at_snr(self, snr: Tensor | float, *, iters: int = 60) -> Tensor:
+        """tan(pi t / 2) = snr, so t = (2 / pi) atan(snr) (closed form, inf -> 1; ``iters`` unused)."""
+        snr = torch.as_tensor(snr).to(torch.float64)
+        _check_snr(snr)
+        return (2.0 / math.pi) * torch.atan(snr)
 
 
 class VPScheduler(Scheduler):
@@ -192,6 +256,20 @@ class LinearVPScheduler(VPScheduler):
     def sigma(self, t: Tensor) -> Tensor:
         # 1 - alpha^2 = 1 - exp(-B) = -expm1(-B): accurate near the data end where B -> 0.
         return torch.sqrt(-torch.expm1(-self.integrated_beta(t)))
+
+    def time_at_snr(self, snr: Tensor | float, *, iters: int = 60) -> Tensor:
+        """Closed form (``iters`` unused): alpha / sigma = snr means B = log(1 + 1 / snr^2).
+
+        B(s) = beta_min s + (beta_max - beta_min) s^2 / 2 is a quadratic in s = 1 - t; its positive
+        root is s = 2 B / (beta_min + sqrt(beta_min^2 + 2 (beta_max - beta_min) B)) (the form without
+        0 / 0 when beta_max = beta_min). SNRs below alpha_0 / sigma_0 give t = 0, ``inf`` gives t = 1.
+        """
+        snr = torch.as_tensor(snr).to(torch.float64)
+        _check_snr(snr)
+        big_b = torch.log1p(snr.square().reciprocal())  # int_0^s beta; 0 for snr = inf, inf for snr = 0
+        root = self.beta_min + torch.sqrt(self.beta_min**2 + 2.0 * (self.beta_max - self.beta_min) * big_b)
+        s = torch.where(torch.isinf(big_b), torch.ones_like(big_b), 2.0 * big_b / root)
+        return (1.0 - s).clamp(0.0, 1.0)
 
 
 class CosineVPScheduler(VPScheduler):
