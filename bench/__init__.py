@@ -96,6 +96,11 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("ddpm2d", "DDPM eps-model: ancestral, DDIM and probability-flow ODE vs steps", "bench.ddpm2d"),
     Case("cnf2d", "maximum-likelihood CNF (exact divergence), samples vs NFE and held-out NLL",
          "bench.cnf2d"),
+    Case("paths2d", "affine paths side by side, one DDPM network under ancestral/DDIM/PF-ODE/linear-path samplers, "
+         "SDE noise levels and stochastic interpolants", "bench.paths2d"),
+    Case("couplings2d", "couplings side by side: independent, exact minibatch OT, Sinkhorn and block OT (straightness, "
+         "transport cost, cost per training step, Euler NFE sweep + dopri5), and minibatch OT with class labels judged "
+         "by the Bayes classifier", "bench.couplings2d"),
     Case("reflow2d", "1-, 2-, 3-rectified flow and a one-step distilled model", "bench.reflow2d"),
     Case("peers2d", "tutorlib vs plain PyTorch, flow_matching and torchcfm on one MLP: speed and quality",
          "bench.peers2d"),
