@@ -53,7 +53,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def claim(name: str, value: float | bool, *, at_most: Threshold = None, at_least: Threshold = None) -> float | bool:
+def claim(name: str, value: float | bool, *, at_most: Threshold = None, at_least: Threshold = None) -> None:
     """Assert and record one claim of a lesson.
 
     Args:
@@ -63,7 +63,8 @@ def claim(name: str, value: float | bool, *, at_most: Threshold = None, at_least
         at_least: the smallest value allowed: a number, or ``{profile: number}``.
 
     Returns:
-        ``value``, so that a claim can sit inside an expression.
+        Nothing: the printed line holds the value. (Returning it made every notebook cell that ends in a
+        claim show the bare number again as the cell's result.)
 
     Raises:
         AssertionError: the value breaks this profile's threshold (or a bool claim is False).
@@ -100,4 +101,3 @@ def claim(name: str, value: float | bool, *, at_most: Threshold = None, at_least
     print(line, flush=True)
     if not ok:
         raise AssertionError(line)
-    return value
