@@ -83,6 +83,7 @@ def run_lesson(path: Path, profile: str, timeout_s: int) -> dict:
     os.environ.update({"TUTORLIB_PROFILE": profile, "TUTORLIB_STRICT_CHECKS": "1", "TUTORLIB_CLAIMS_FILE": claims_file,
                        "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
     error = None
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     try:
         client = NotebookClient(nb, timeout=timeout_s, kernel_name="python3",
@@ -102,7 +103,10 @@ def run_lesson(path: Path, profile: str, timeout_s: int) -> dict:
     return {"seconds": round(seconds, 1), "passed": passed, "error": error[-3000:] if error else None,
             "claims": claims, "code_sha256": code_hash(path), "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "machine": machine(), "threads_env": os.environ.get("TUTORLIB_THREADS"),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            # the 1-minute load average before and after (the run itself adds about one): a time taken on a
+            # busy machine says so in the record
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)]}
 
 
 def load_record(path: Path) -> dict:
@@ -128,6 +132,9 @@ def run_time_line(entry: dict) -> str:
     if std:
         m = std["machine"]
         where = f" on {std['date']}, {m['cores']}-core CPU"
+        load = max(std.get("load_average") or [0.0])
+        if load > m["cores"]:  # other work shared the cores: the time is an upper bound
+            where += f" busy with other work, load average {load:.1f}"
     parts = [f"CPU standard ≈ {_duration(std['seconds'])}" if std else "CPU standard: not measured yet",
              f"GPU standard ≈ {_duration(gpu['seconds'])} ({gpu['machine'].get('gpu', 'GPU')})" if gpu
              else "GPU standard: not measured yet",

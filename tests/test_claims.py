@@ -92,3 +92,12 @@ def test_run_time_header_is_drawn_from_the_record(src):
     line = next(ln for ln in src.read_text().splitlines() if ln.startswith("# **Run time**"))
     assert line == verify_lessons.run_time_line(entry), (
         f"{src.name}'s run-time line is not the recorded one: run make verify (it rewrites the line)")
+
+
+def test_run_time_line_says_when_the_machine_was_busy():
+    run = {"seconds": 200.0, "date": "2026-12-02", "machine": {"cores": 2}, "load_average": [0.4, 1.2]}
+    quiet = verify_lessons.run_time_line({"standard": run, "smoke": {**run, "seconds": 20.0}})
+    assert "CPU standard ≈ 3.3 min" in quiet and "busy" not in quiet
+    busy = verify_lessons.run_time_line({"standard": {**run, "load_average": [4.5, 3.0]}})
+    assert "busy with other work, load average 4.5" in busy
+    assert "busy" not in verify_lessons.run_time_line({"standard": {k: v for k, v in run.items() if k != "load_average"}})
