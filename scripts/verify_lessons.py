@@ -133,7 +133,7 @@ def run_time_line(entry: dict) -> str:
         m = std["machine"]
         where = f" on {std['date']}, {m['cores']}-core CPU"
         load = max(std.get("load_average") or [0.0])
-        if load > m["cores"]:  # other work shared the cores: the time is an upper bound
+        if load > m["cores"] + 0.5:  # more runnable work than cores: the time is an upper bound
             where += f" busy with other work, load average {load:.1f}"
     parts = [f"CPU standard ≈ {_duration(std['seconds'])}" if std else "CPU standard: not measured yet",
              f"GPU standard ≈ {_duration(gpu['seconds'])} ({gpu['machine'].get('gpu', 'GPU')})" if gpu
