@@ -76,3 +76,10 @@ def test_histogram_table_is_a_law_on_the_filled_cells():
     filled = (torch.arange(8)[:, None] // 2 + torch.arange(8)[None, :] // 2) % 2 == 0
     assert float(table[~filled].sum()) == 0.0
     torch.testing.assert_close(table[filled], torch.full((32,), 1 / 32, dtype=torch.float64), atol=3e-3, rtol=0)
+
+
+def test_checkerboard_entries_record_the_share_on_the_board(smoke):
+    doc, arrays = smoke
+    for name, e in doc["metrics"]["checkerboard"]["entries"].items():
+        assert e["on_board"] == pytest.approx(float(_filled(arrays[e["array"]]).mean()), abs=1e-9), name
+    assert all("on_board" not in e for e in doc["metrics"]["moons"]["entries"].values())

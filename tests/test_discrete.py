@@ -12,9 +12,12 @@ from tutorlib.discrete import (
     DiscreteSolution,
     MixturePath,
     PosteriorMLP,
+    TokenImagePosterior,
+    cfg_posterior,
     dequantise,
     discrete_euler,
     discrete_loss,
+    mixture_elbo,
     one_hot_input,
     quantise,
     tabular_posterior,
@@ -514,3 +517,152 @@ def test_posterior_mlp_learns_the_posterior_of_independent_tokens(source):
     assert -0.02 < gap < 0.06, gap
     with pytest.raises(ValueError, match=r"x_t must have shape \(B, 2\)"):
         model(torch.zeros(3, 3, dtype=torch.int64), torch.rand(3))
+
+
+# --------------------------------------------------------------------------------------
+# The evidence bound
+# --------------------------------------------------------------------------------------
+
+
+def test_masked_elbo_is_tight_for_the_exact_posterior():
+    """Masked source, exact posterior: revealing tokens one by one is an exact chain rule, so the bound's mean
+    over t and x_t is -log p(x_1) itself (for each x_1, within the Monte Carlo error)."""
+    K, n = 3, 60_000
+    table = torch.rand(K, K, K, generator=gen(0), dtype=F64) + 0.05
+    table /= table.sum()
+    path = MixturePath(CondOTScheduler(), "mask", K)
+    for target in ([0, 1, 2], [2, 2, 0]):
+        x_1 = torch.tensor(target).expand(n, 3)
+        t = torch.rand(n, generator=gen(1), dtype=F64) * 0.999
+        e = mixture_elbo(exact_fn(table, path), path, path.sample_source((n, 3)), x_1, t, generator=gen(2))
+        assert e.shape == (n,) and e.dtype == F64 and bool((e >= 0).all())
+        se = float(e.std()) / math.sqrt(n)
+        assert abs(float(e.mean()) + math.log(float(table[tuple(target)]))) < 4 * se, (float(e.mean()), se)
+
+
+def test_masked_elbo_is_the_weighted_cross_entropy_of_the_masked_tokens():
+    K, B, D = 6, 50, 5
+    path = MixturePath(CondOTScheduler(), "mask", K)
+    logits = torch.randn(B, D, K, generator=gen(0), dtype=F64)
+    x_1 = torch.randint(K, (B, D), generator=gen(1))
+    t = torch.rand(B, generator=gen(2), dtype=F64)
+    e = mixture_elbo(lambda x, tt: logits, path, path.sample_source((B, D)), x_1, t, generator=gen(3))
+    x_t = path.sample(path.sample_source((B, D)), x_1, t, generator=gen(3)).x_t
+    ce = -torch.log_softmax(logits, -1).gather(-1, x_1[..., None]).squeeze(-1)  # (B, D)
+    torch.testing.assert_close(e, (ce * (x_t == K)).sum(1) / (1 - t))
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_elbo_is_the_limit_of_the_discrete_time_bound_and_bounds_the_nll(source):
+    """One token, K = 4, exact posterior. The N-step sampler's discrete-time ELBO (a sum of KL divergences
+    between the path's step given x_1 and the model's Euler step, enumerated exactly) tends to the
+    continuous bound as N grows; the bound is >= -log q(x_1), with equality for the masked source."""
+    q = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64)
+    K, n, N = 4, 200_000, 4000
+    path = MixturePath(CondOTScheduler(), source, K)
+    S = path.num_states
+    model = exact_fn(q, path)
+    states = torch.arange(S)
+    for k in (0, 3):
+        # the discrete-time bound: P(x_t = s | x_1 = k) exactly, and each step's KL exactly (kappa_t = t)
+        total = 0.0
+        for i in range(N):
+            t, h = i / N, 1.0 / N
+            jump = h / (1 - t)  # both chains jump to (the path) / a posterior draw (the model) with this probability
+            p0 = torch.zeros(S, dtype=F64)
+            p0[K if source == "mask" else slice(None)] = 1.0 if source == "mask" else 1.0 / K
+            marg = (1 - t) * p0 + t * torch.eye(S, dtype=F64)[k]  # (S,) law of x_t given x_1 = k
+            post = path.posterior_probs(model(states[:, None], torch.full((S,), t, dtype=F64)), states[:, None])[:, 0]
+            post = torch.nn.functional.pad(post, (0, S - K))  # (S, S): row s = the model's draw law at x_t = s
+            model_step = (1 - jump) * torch.eye(S, dtype=F64) + jump * post  # (S, S)
+            path_step = torch.eye(S, dtype=F64).clone()
+            path_step[:, :] = (1 - jump) * torch.eye(S, dtype=F64)
+            path_step[:, k] += jump  # from s != k: to k with probability `jump`; from k: stay
+            path_step[k] = torch.eye(S, dtype=F64)[k]
+            kl = (path_step * (path_step.clamp_min(1e-300).log() - model_step.clamp_min(1e-300).log())).sum(1)  # (S,)
+            total += float((marg * kl).sum())
+        x_1 = torch.full((n, 1), k)
+        t = torch.rand(n, generator=gen(k), dtype=F64)
+        e = mixture_elbo(model, path, path.sample_source((n, 1), generator=gen(10 + k)), x_1, t, generator=gen(20 + k))
+        se = float(e.std()) / math.sqrt(n)
+        assert abs(float(e.mean()) - total) < 4 * se + 0.003 * total, (float(e.mean()), se, total)
+        nll = -math.log(float(q[k]))
+        if source == "mask":
+            assert total == pytest.approx(nll, rel=2e-3)
+        else:
+            assert total > nll + 0.05  # loose: the path's chain and the model's differ even with the exact posterior
+
+
+def test_elbo_errors():
+    path = MixturePath(CondOTScheduler(), "uniform", 4)
+    x_0, x_1 = path.sample_source((8, 2), generator=gen(0)), torch.randint(4, (8, 2))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        mixture_elbo(lambda x, t: torch.zeros(8, 2, 4), path, x_0, x_1, torch.ones(8))
+    with pytest.raises(ValueError, match="logits of shape"):
+        mixture_elbo(lambda x, t: torch.zeros(8, 2, 5), path, x_0, x_1, torch.rand(8))
+
+
+# --------------------------------------------------------------------------------------
+# Token images and guidance
+# --------------------------------------------------------------------------------------
+
+
+class _RecordingNet(torch.nn.Module):
+    """A class-conditional 'image network' that records its inputs: logits from the one-hot input and y."""
+
+    def __init__(self, S: int, K: int, num_classes: int = 3):
+        super().__init__()
+        self.mix = torch.nn.Conv2d(S, K, 1, bias=False)
+        self.emb = torch.nn.Embedding(num_classes + 1, K)
+        self.num_classes, self.calls = num_classes, []
+
+    @property
+    def null_class(self):
+        return self.num_classes
+
+    def forward(self, x, t, y=None):
+        self.calls.append((x.clone(), None if y is None else y.clone()))
+        y = torch.full((x.shape[0],), self.num_classes) if y is None else y
+        return self.mix(x) + self.emb(y)[:, :, None, None] * (1 + t[:, None, None, None])
+
+
+def test_token_image_posterior_feeds_one_hot_channels_and_moves_the_category_axis_last():
+    S, K = 3, 2
+    net = _RecordingNet(S, K)
+    post = TokenImagePosterior(net, S, K)
+    x = torch.randint(S, (4, 5, 6), generator=gen(0))
+    t = torch.rand(4, generator=gen(1))
+    out = post(x, t, torch.tensor([0, 1, 2, 3]))
+    seen, y = net.calls[-1]
+    assert seen.shape == (4, S, 5, 6) and torch.equal(seen.argmax(1), x) and float(seen.sum()) == x.numel()
+    assert out.shape == (4, 5, 6, K) and y.tolist() == [0, 1, 2, 3]
+    with torch.no_grad():
+        ref = net.mix(seen) + net.emb(y)[:, :, None, None] * (1 + t[:, None, None, None])
+    torch.testing.assert_close(out, ref.permute(0, 2, 3, 1))
+    assert post.null_class == 3
+    post(x, t)
+    assert net.calls[-1][1] is None  # y=None: the network's own unconditional branch
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        post(x[0], t)
+    with pytest.raises(ValueError, match="x_t must lie"):
+        post(x + 1, t)
+
+
+def test_cfg_posterior_is_the_logit_combination_in_one_pass():
+    S, K = 3, 2
+    net = _RecordingNet(S, K)
+    torch.nn.init.normal_(net.emb.weight, std=2.0, generator=gen(5))
+    post = TokenImagePosterior(net, S, K)
+    x = torch.randint(S, (4, 5, 6), generator=gen(0))
+    t = torch.rand(4, generator=gen(1))
+    y = torch.tensor([0, 2, 1, 1])
+    with torch.no_grad():
+        cond, uncond = post(x, t, y), post(x, t, torch.full_like(y, 3))
+        for w in (0.0, 1.0, 2.5):
+            net.calls.clear()
+            guided = cfg_posterior(post, y, w)(x, t)
+            torch.testing.assert_close(guided, uncond + w * (cond - uncond))
+            assert len(net.calls) == 1  # one forward pass (of the doubled batch when both halves are needed)
+    path = MixturePath(CondOTScheduler(), "mask", K)
+    sol = discrete_euler(cfg_posterior(post, y, 2.0), path, path.sample_source((4, 5, 6)), steps=3, generator=gen(2))
+    assert sol.x.shape == (4, 5, 6) and int(sol.x.max()) < K

@@ -17,8 +17,9 @@ PACKAGE = ROOT / "tutorlib"
 LAYERS = {
     1: ["utils", "device", "files", "data", "mnist", "checkpoints", "claims"],
     2: ["schedulers", "paths", "couplings", "models"],
-    3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm", "interpolants"],
-    4: ["train", "metrics", "judge", "recipes", "distributed"],
+    3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm", "interpolants", "reflow", "fewstep",
+        "simplex"],
+    4: ["train", "metrics", "judge", "recipes", "distributed", "text"],
     5: ["plotting", "widgets", "exercises"],
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}

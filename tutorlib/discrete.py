@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from tutorlib.guidance import cfg_velocity
 from tutorlib.models import TimeMLP
 from tutorlib.schedulers import Scheduler
 from tutorlib.utils import batch_times, expand_t
@@ -52,9 +53,12 @@ __all__ = [
     "DiscreteSolution",
     "MixturePath",
     "PosteriorMLP",
+    "TokenImagePosterior",
+    "cfg_posterior",
     "dequantise",
     "discrete_euler",
     "discrete_loss",
+    "mixture_elbo",
     "one_hot_input",
     "quantise",
     "tabular_posterior",
@@ -509,6 +513,58 @@ def discrete_loss(model: PosteriorFn, path: MixturePath, x_0: Tensor, x_1: Tenso
     return (nll * masked).sum() / masked.sum().clamp_min(1.0)
 
 
+def mixture_elbo(model: PosteriorFn, path: MixturePath, x_0: Tensor, x_1: Tensor, t: Tensor | float, *,
+                 generator: torch.Generator | None = None) -> Tensor:
+    """One-draw estimate of the evidence bound ``-log p_theta(x_1) <= E_t[...]``, per sample, in nats.
+
+    The model's CTMC jumps token ``i`` from ``x_t^i`` to ``y != x_t^i`` at rate ``c_t p(y)``, with
+    ``c_t = kappa'_t / (1 - kappa_t)`` and ``p = p_{1|t}(. | x_t)`` its posterior; the path's own chain towards
+    ``x_1`` jumps a token only when ``x_t^i != x_1^i``, to ``x_1^i``, at rate ``c_t``. Both start from the same
+    source, so the negative log-likelihood of ``x_1`` under the model's sampler is at most the KL divergence
+    between the two path measures (the continuous-time ELBO of CTMCs)::
+
+        -log p_theta(x_1) <= int_0^1 E_{x_t ~ p_t(. | x_1)} sum_i c_t [ 1 - p(x_t^i) - d_i - d_i log p(x_1^i) ] dt,
+        d_i = [x_t^i != x_1^i],
+
+    and this function returns the integrand at one draw of ``x_t ~ p_t(. | x_0, x_1)`` for each sample's
+    ``t``: with ``t ~ U[0, 1]`` its mean is an unbiased estimate of the bound. With the **masked** source a
+    token is either masked (``p(mask) = 0`` and ``d_i = 1``: the term is ``-log p(x_1^i)``) or revealed
+    (``p`` is the delta there and ``d_i = 0``: the term is 0), so the bound is the familiar
+    ``E_t[c_t * sum over masked tokens of -log p(x_1^i | x_t)]``, exact (equal to ``-log p(x_1)``) for the
+    true posterior. With the **uniform** source every term counts, and the bound is loose even for the true
+    posterior (the path's chain jumps straight to ``x_1^i``, the model's may wander). Lesson 10 reports it
+    per character on held-out text.
+
+    Args:
+        model: ``model(x_t, t) -> logits (B, ..., K)``.
+        path: the :class:`MixturePath` the model was trained on.
+        x_0: source tokens ``(B, ...)``.
+        x_1: data tokens ``(B, ...)`` in ``[0, K)``.
+        t: times ``(B,)`` in ``[0, 1)`` (``U[0, 1)`` draws for an unbiased estimate).
+        generator: generator of the path's coin flips.
+
+    Returns:
+        ``(B,)`` float64: the integrand summed over each sample's tokens (nats).
+    """
+    s = path.sample(x_0, x_1, t, generator=generator)
+    if bool((s.t >= 1).any()):
+        raise ValueError("t must lie in [0, 1): the rate kappa'/(1 - kappa) is infinite at t = 1")
+    logits = model(s.x_t, s.t)  # (B, ..., K)
+    if logits.shape != (*x_1.shape, path.vocab_size):
+        raise ValueError(f"the model must return logits of shape {(*x_1.shape, path.vocab_size)} "
+                         f"(tokens + (K,)), got {tuple(logits.shape)}")
+    probs = path.posterior_probs(logits.to(torch.float64), s.x_t)  # (B, ..., K)
+    x_t = s.x_t.long()
+    stay = F.pad(probs, (0, path.num_states - path.vocab_size)).gather(-1, x_t.unsqueeze(-1)).squeeze(-1)  # p(x_t^i)
+    log_p1 = torch.log_softmax(logits.to(torch.float64), -1).gather(-1, x_1.long().unsqueeze(-1)).squeeze(-1)
+    if path.source == "mask":  # a revealed token is x_1^i: its posterior is the delta, log p(x_1^i) = 0
+        log_p1 = torch.where(x_t == path.mask_token, log_p1, torch.zeros_like(log_p1))
+    off = (x_t != x_1.long()).to(torch.float64)  # (B, ...) d_i
+    terms = 1.0 - stay - off - off * log_p1  # (B, ...)
+    coef = path.rate_coefficient(s.t.to(torch.float64))  # (B,)
+    return coef * terms.reshape(terms.shape[0], -1).sum(1)  # (B,)
+
+
 # --------------------------------------------------------------------------------------
 # Sampling: the discrete Euler method
 # --------------------------------------------------------------------------------------
@@ -624,3 +680,70 @@ class PosteriorMLP(nn.Module):
             raise ValueError(f"x_t must have shape (B, {self.num_tokens}), got {tuple(x_t.shape)}")
         inp = one_hot_input(x_t, self.num_states, dtype=self.net.inp.weight.dtype)  # (B, D * S)
         return self.net(inp, t).view(x_t.shape[0], self.num_tokens, self.vocab_size)  # (B, D, K)
+
+
+# --------------------------------------------------------------------------------------
+# Images of tokens, and classifier-free guidance on posteriors
+# --------------------------------------------------------------------------------------
+
+
+class TokenImagePosterior(nn.Module):
+    """An image network as a posterior model on token images: ``(B, H, W)`` tokens -> logits ``(B, H, W, K)``.
+
+    The tokens become one-hot channels ``(B, num_states, H, W)`` (the mask being a channel of its own),
+    ``net(h, t, y)`` returns ``(B, K, H, W)`` (e.g. ``PatchUNet(num_states, K, ...)``), and the category
+    axis moves last, the convention of this module. Class-conditional when ``net`` is: ``y=None`` (or
+    ``null_class``) is the unconditional posterior, so :func:`cfg_posterior` can guide it (lesson 10).
+
+    Args:
+        net: ``net(x, t, y) -> (B, K, H, W)`` with ``in_channels = num_states``.
+        num_states: values a token of ``x_t`` can take (:attr:`MixturePath.num_states`).
+        vocab_size: ``K``.
+    """
+
+    def __init__(self, net: nn.Module, num_states: int, vocab_size: int):
+        super().__init__()
+        if num_states < vocab_size:
+            raise ValueError(f"num_states ({num_states}) must be at least vocab_size ({vocab_size})")
+        self.net, self.num_states, self.vocab_size = net, num_states, vocab_size
+
+    @property
+    def null_class(self) -> int | None:
+        """The network's null class (``None`` if unconditional)."""
+        return getattr(self.net, "null_class", None)
+
+    def forward(self, x_t: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """``x_t`` int64 ``(B, H, W)``, ``t`` ``(B,)``, ``y`` ``(B,)`` or ``None`` -> logits ``(B, H, W, K)``."""
+        if x_t.dim() != 3:
+            raise ValueError(f"x_t must be token images of shape (B, H, W), got {tuple(x_t.shape)}")
+        _check_tokens(x_t, self.num_states, "x_t")
+        weight = next(self.net.parameters())
+        h = F.one_hot(x_t.long(), self.num_states).permute(0, 3, 1, 2).to(weight.dtype)  # (B, S, H, W)
+        if weight.device.type == "cpu":
+            h = h.contiguous(memory_format=torch.channels_last)  # NHWC: faster convolutions on CPUs
+        out = self.net(h, t, y) if y is not None else self.net(h, t)  # (B, K, H, W)
+        if out.shape != (x_t.shape[0], self.vocab_size, *x_t.shape[1:]):
+            raise ValueError(f"net must return (B, {self.vocab_size}, H, W), got {tuple(out.shape)}")
+        return out.permute(0, 2, 3, 1)  # (B, H, W, K)
+
+
+def cfg_posterior(model: nn.Module, y: Tensor | int, w: float) -> PosteriorFn:
+    """Classifier-free guidance of a class-conditional posterior model: ``logits_u + w (logits_c - logits_u)``.
+
+    The guided posterior is the per-token geometric mixture ``p_w ∝ p_u^(1 - w) p_c^w`` of the
+    unconditional and conditional posteriors (renormalised by the softmax): ``w = 0`` is unconditional,
+    ``w = 1`` conditional, ``w > 1`` sharpens towards tokens the label makes likelier. The jump intensity
+    ``kappa'/(1 - kappa)`` of :func:`discrete_euler` is unchanged, so only *where* tokens jump is guided.
+    One forward pass of the doubled batch per call: it is :func:`tutorlib.guidance.cfg_velocity` applied
+    to logits instead of velocities (lesson 10).
+
+    Args:
+        model: ``model(x_t, t, y) -> logits (B, ..., K)`` with a ``null_class`` (e.g. a class-conditional
+            :class:`TokenImagePosterior`), trained with label dropout.
+        y: the class of every sample (int or int64 ``(B,)``).
+        w: guidance scale.
+
+    Returns:
+        ``posterior(x_t, t) -> logits (B, ..., K)`` for :func:`discrete_euler`.
+    """
+    return cfg_velocity(model, y, w)
