@@ -22,8 +22,9 @@ Cases available now (sizes from :data:`bench.common.BENCH_PROFILES`):
 * ``cnf2d``: a small maximum-likelihood CNF (:func:`tutorlib.likelihood.log_prob` with ``enable_grad``);
   samples at each NFE and the held-out negative log-likelihood.
 * ``reflow2d``: ``1rf`` (flow matching), ``2rf`` and ``3rf`` trained on couplings from
-  :func:`tutorlib.solvers.reflow_coupling`, and ``distill@1``, a one-step model regressing the 2-RF
-  map x_0 -> x_1.
+  :func:`tutorlib.solvers.reflow_coupling`, ``distill@1``, a one-step model regressing the 2-RF
+  map x_0 -> x_1, and 2-RF trained with U-shaped times, the pseudo-Huber loss or data-side pairs
+  (see :mod:`bench.reflow2d`).
 * ``peers2d``: one plain MLP trained and sampled identically by tutorlib, plain PyTorch,
   ``flow_matching`` and ``torchcfm`` (``pip install --no-deps flow_matching torchcfm torchdiffeq``,
   plus POT); time per training step and per 100-step Euler sample (ratios tutorlib / peer, median
@@ -41,6 +42,11 @@ Cases available now (sizes from :data:`bench.common.BENCH_PROFILES`):
   and scored by class accuracy and within-class spread too (see :mod:`bench.guidance2d`).
 
 * ``discrete2d``: discrete flow matching on tokenised 2D data (see :mod:`bench.discrete2d`).
+* ``solvers2d``: one flow-matching field under every ODE solver and tuned time grid, with measured orders
+  (see :mod:`bench.solvers2d`); ``fewstep2d``: MeanFlow and shortcut models against flow matching, 2-RF
+  and one-step distillation at 1-8 NFE (see :mod:`bench.fewstep2d`).
+* ``text``: character-level models of the ``pydoc_data`` texts in held-out bits per character; its
+  document holds ``bpc`` entries instead of energy distances (see :mod:`bench.text`).
 * ``mnist``: lesson 09's class-conditional recipe (:mod:`tutorlib.recipes`) trained for the profile's
   wall-clock budget and scored by the judge (accuracy, Frechet distance, spread) on the way, then swept
   over NFE and guidance; ``mnist_ttq``: the same budget for the recipe and a baseline U-Net (see
@@ -101,7 +107,12 @@ CASES: dict[str, Case] = {c.name: c for c in [
     Case("couplings2d", "couplings side by side: independent, exact minibatch OT, Sinkhorn and block OT (straightness, "
          "transport cost, cost per training step, Euler NFE sweep + dopri5), and minibatch OT with class labels judged "
          "by the Bayes classifier", "bench.couplings2d"),
-    Case("reflow2d", "1-, 2-, 3-rectified flow and a one-step distilled model", "bench.reflow2d"),
+    Case("reflow2d", "1-, 2-, 3-rectified flow, a one-step distilled model and reflow's training variants "
+         "(U-shaped times, pseudo-Huber, data-side pairs)", "bench.reflow2d"),
+    Case("solvers2d", "one flow-matching field under Euler, midpoint, Heun, RK4, dopri5 and tuned time grids: "
+         "quality per NFE and measured orders", "bench.solvers2d"),
+    Case("fewstep2d", "few-step generators: MeanFlow and shortcut models against flow matching, 2-RF and "
+         "distillation at 1-8 NFE", "bench.fewstep2d"),
     Case("peers2d", "tutorlib vs plain PyTorch, flow_matching and torchcfm on one MLP: speed and quality",
          "bench.peers2d"),
     Case("ttq2d", "time to quality: project recipe vs flow_matching's example on equal wall-clock budgets, 4 datasets",
@@ -110,6 +121,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
          "labelled 2D data", "bench.guidance2d"),
     Case("discrete2d", "discrete flow matching on tokenised 2D data: masked vs uniform source, discrete Euler NFE sweep",
          "bench.discrete2d"),
+    Case("text", "character-level text (pydoc_data): bigram, autoregressive transformer and masked/uniform "
+         "discrete flows in held-out bits per character", "bench.text"),
     Case("mnist", "class-conditional flow matching on MNIST by lesson 09's recipe: judge accuracy and Frechet "
          "distance over training time, NFE and guidance scale", "bench.mnist"),
     Case("mnist_ttq", "time to quality on MNIST: the recipe's PatchUNet vs a 0.5 M-parameter U-Net baseline on equal "

@@ -17,20 +17,20 @@ On each dataset, all from the same noise and with the same recipe (:func:`bench.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
 
 from bench.common import BenchProfile, Run, build, derive_seed, generator, log, timed, train_config
 from bench.fm2d import train_fm
-from bench.reflow2d import _pair_batches, _trainable_copy
+from bench.reflow2d import _trainable_copy
 from tutorlib.couplings import independent
 from tutorlib.data import gaussian, toy_sampler
 from tutorlib.fewstep import MeanFlow, Shortcut, TwoTimeMLP, fewstep_sample
 from tutorlib.losses import cfm_loss
 from tutorlib.metrics import energy_distance
 from tutorlib.paths import CondOTPath
+from tutorlib.reflow import distill_loss, pair_batches
 from tutorlib.solvers import ode_solve, reflow_coupling
 from tutorlib.train import train
 
@@ -77,7 +77,7 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
         noise = gaussian(bp.reflow_pairs, generator=generator(seed, dataset, "2rf", "pairs")).to(device)
         pairs, coupling_s = timed(lambda: reflow_coupling(fm, noise, steps=100), device)
         rf = _trainable_copy(fm)
-        batches = _pair_batches(pairs, bp.P.batch_2d, generator(seed, dataset, "2rf", "batches"), device, with_t=True)
+        batches = pair_batches(pairs, bp.P.batch_2d, generator=generator(seed, dataset, "2rf", "batches"))
         cfg = train_config(bp, f"{dataset} 2rf")
         hist = train(rf, lambda m, b: cfm_loss(m, path, *b), batches, cfg.replace(steps=bp.P.steps_2d // 2))
         run.add_training(dataset, "2rf", hist, coupling_s=coupling_s, init="fm")
@@ -87,14 +87,8 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
         noise = gaussian(bp.reflow_pairs, generator=generator(seed, dataset, "distill", "pairs")).to(device)
         pairs, coupling_s = timed(lambda: reflow_coupling(rf, noise, steps=100), device)
         student = _trainable_copy(rf)
-        batches = _pair_batches(pairs, bp.P.batch_2d, generator(seed, dataset, "distill", "batches"), device,
-                                with_t=False)
-
-        def distill_loss(m, b):
-            x0, x1 = b
-            return (x0 + m(x0, torch.zeros(x0.shape[0], device=x0.device)) - x1).square().mean()
-
-        hist = train(student, distill_loss, batches, cfg.replace(steps=bp.P.steps_2d // 2, desc=f"{dataset} distill"))
+        batches = pair_batches(pairs, bp.P.batch_2d, generator=generator(seed, dataset, "distill", "batches"))
+        hist = train(student, lambda m, b: distill_loss(m, b[0], b[1]), batches, cfg.replace(steps=bp.P.steps_2d // 2, desc=f"{dataset} distill"))
         run.add_training(dataset, "distill", hist, coupling_s=coupling_s, init="2rf")
         sol, s = timed(lambda: ode_solve(hist.ema_model, x_0, method="euler", steps=1), device)
         run.add_samples(dataset, "distill", "euler", sol.nfe, sol.x, s)

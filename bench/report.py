@@ -191,6 +191,22 @@ def _image_tables(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _is_text_doc(doc: dict[str, Any]) -> bool:
+    return any("bpc" in e for m in doc["metrics"].values() for e in m["entries"].values())
+
+
+def _text_table(doc: dict[str, Any]) -> list[str]:
+    """The ``text`` case: held-out bits per character of every model (bounds marked), with standard errors."""
+    out = ["Held-out bits per character (lower is better; a bound is an upper bound on the model's true value, "
+           "± its Monte Carlo standard error):", "", "| corpus | model | bits per character | kind |", "|---|---|---|---|"]
+    for dataset, m in doc["metrics"].items():
+        for name, e in m["entries"].items():
+            err = f" ± {_fmt(e['stderr'], 2)}" if e.get("stderr") else ""
+            out.append(f"| {dataset} | {name} | {_fmt(e['bpc'], 4)}{err} | "
+                       f"{'upper bound (ELBO)' if e.get('bound') else 'exact'} |")
+    return out
+
+
 def _extras(doc: dict[str, Any]) -> list[str]:
     out = []
     for dataset, m in doc["metrics"].items():
@@ -246,6 +262,8 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
             lines += ["Time to quality:", ""] + _ttq_table(doc) + [""]
         if _is_image_doc(doc):
             lines += _image_tables(doc)
+        elif _is_text_doc(doc):
+            lines += _text_table(doc) + [""]
         else:
             lines += ["Energy distance / noise floor:", ""] + _metric_table(doc, "energy") + [""]
             lines += ["MMD / noise floor:", ""] + _metric_table(doc, "mmd") + [""]

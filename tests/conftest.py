@@ -42,6 +42,33 @@ def mnist_source() -> Path:
     return src
 
 
+_BENCH_RUNS: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="session")
+def bench_smoke(tmp_path_factory, request):
+    """``bench_smoke(case) -> (doc, out)``: a bench case run once per test session (smoke profile, seed 0, CPU).
+
+    ``doc`` is the returned ``results.json`` document, ``out`` the folder holding it and ``samples.npz``.
+    tests/test_bench.py and the case's own tests/test_bench_CASE.py share the one run. The MNIST cases read
+    the shared local MNIST copy into a temporary cache.
+    """
+    from bench import run
+
+    def get(case: str):
+        if case not in _BENCH_RUNS:
+            out = tmp_path_factory.mktemp(case)
+            with pytest.MonkeyPatch.context() as mp:
+                if case in ("mnist", "mnist_ttq"):
+                    mp.setenv("TUTORLIB_MNIST_MIRROR", str(request.getfixturevalue("mnist_source")))
+                    mp.setenv("TUTORLIB_DATA_DIR", str(tmp_path_factory.mktemp("mnist-cache")))
+                doc = run(case, "smoke", seed=0, out=out, device="cpu")
+            _BENCH_RUNS[case] = (doc, out)
+        return _BENCH_RUNS[case]
+
+    return get
+
+
 @dataclass
 class BookBuild:
     """The smoke-profile book, built once per test run (tests/test_book.py, tests/test_browser.py)."""

@@ -25,35 +25,17 @@ TOP_KEYS = {"schema", "case", "profile", "seed", "date", "device", "machine", "v
             "metrics"}
 MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch_threads"}
 ENTRY_KEYS = {"array", "method", "solver", "nfe", "energy", "mmd", "energy_x_floor", "mmd_x_floor"}
+TEXT_CASES = {"text"}  # character windows scored in bits per character
 IMAGE_CASES = {"mnist", "mnist_ttq"}  # images (n, 1, 28, 28) scored by the judge instead of 2D points
 IMAGE_ENTRY_KEYS = {"array", "method", "solver", "nfe", "guidance", "labels", "judge_accuracy", "frechet",
                     "frechet_x_floor", "feature_spread"}
 TRAIN_KEYS = {"steps", "steps_per_s", "wall_s", "final_loss", "stop_reason"}
 ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")
 
-_RUNS: dict[str, tuple] = {}
-
-
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory, request):
-    """Run a case once per module in the smoke profile; returns (doc, out folder).
-
-    The MNIST cases read the shared local MNIST copy (skipped without one, failed in CI) into a
-    temporary cache.
-    """
-
-    def get(case: str):
-        if case not in _RUNS:
-            out = tmp_path_factory.mktemp(case)
-            with pytest.MonkeyPatch.context() as mp:
-                if case in IMAGE_CASES:
-                    mp.setenv("TUTORLIB_MNIST_MIRROR", str(request.getfixturevalue("mnist_source")))
-                    mp.setenv("TUTORLIB_DATA_DIR", str(tmp_path_factory.mktemp("mnist-cache")))
-                doc = run(case, "smoke", seed=0, out=out, device="cpu")
-            _RUNS[case] = (doc, out)
-        return _RUNS[case]
-
-    return get
+def smoke(bench_smoke):
+    """``smoke(case) -> (doc, out folder)``: the session's one smoke run of a case (tests/conftest.py)."""
+    return bench_smoke
 
 
 def _finite(x) -> bool:
@@ -75,6 +57,13 @@ def test_smoke_case_writes_valid_results(case, smoke):
     names = set(arrays.files)
     datasets = list(on_disk["metrics"])
     assert datasets and set(on_disk["timings"]["train"]) == set(datasets)
+    if case in TEXT_CASES:  # bits per character of token windows, no energy distances (tests/test_bench_text.py)
+        for dataset, m in on_disk["metrics"].items():
+            assert m["entries"] and all(_finite(e["bpc"]) and e["bpc"] > 0 for e in m["entries"].values())
+            assert arrays["data"].dtype == np.int64 and arrays["data"].ndim == 2
+            for method, t in on_disk["timings"]["train"][dataset].items():
+                assert TRAIN_KEYS <= set(t), (method, TRAIN_KEYS - set(t))
+        return
     prefix = (lambda d: f"{d}/") if len(datasets) > 1 else (lambda d: "")
     expected_arrays = set()
     images = case in IMAGE_CASES
@@ -192,6 +181,7 @@ def test_report_renders_every_run(smoke, tmp_path):
     for case in CASES:
         assert f"## {case}:" in text
     assert "| checkerboard | fm-ot |" in text and "| implementation |" in text
+    assert "| bigram |" in text and "upper bound (ELBO)" in text
 
 
 def test_cli_list_and_planned_cases(capsys, tmp_path):

@@ -12,10 +12,9 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from bench.common import bench_profile, generator
-from bench.couplings2d import COUPLINGS, DATASETS, LABELLED, run_case
+from bench.couplings2d import COUPLINGS, DATASETS, LABELLED
 from tutorlib.data import TOY_DATASETS, sample_labelled
 
 ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")
@@ -23,11 +22,8 @@ ENTRY_KEYS = {"array", "method", "solver", "nfe", "energy", "mmd", "energy_x_flo
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("couplings2d")
-    run = run_case(bench_profile("smoke"), 0, torch.device("cpu"))
-    doc = run.result()
-    run.write(out, doc)
+def smoke(bench_smoke):
+    doc, out = bench_smoke("couplings2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return json.loads((out / "results.json").read_text()), np.load(out / "samples.npz")
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench import run
 from bench.common import BENCH_PROFILES
 from bench.discrete2d import BINS, DATASETS, HIGH, LOW, ORACLES, SOURCES, histogram_table
 
@@ -20,9 +19,8 @@ METHODS = (*ORACLES, *SOURCES)
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("discrete2d")
-    doc = run("discrete2d", "smoke", seed=0, out=out, device="cpu")
+def smoke(bench_smoke):
+    doc, out = bench_smoke("discrete2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return doc, np.load(out / "samples.npz")
 
 

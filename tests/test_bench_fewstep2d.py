@@ -7,18 +7,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
-from bench.common import bench_profile
-from bench.fewstep2d import DATASETS, NFES, run_case
+from bench.fewstep2d import DATASETS, NFES
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run = run_case(bench_profile("smoke"), 0, torch.device("cpu"))
-    doc = run.result()
-    out = tmp_path_factory.mktemp("fewstep2d")
-    run.write(out, doc)
+def smoke(bench_smoke):
+    doc, out = bench_smoke("fewstep2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return doc, np.load(out / "samples.npz")
 
 

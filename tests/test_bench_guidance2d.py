@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench import run
 from bench.common import BENCH_PROFILES, Run, generator
 from bench.guidance2d import (DATASETS, EXACT, EXACT_METHODS, GUIDE_NFE, METHODS, OVERLAP_STD, SCALES, SHARPEN_SCALES,
                               TERM_TIMES, scale_tag)
@@ -23,9 +22,8 @@ ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("guidance2d")
-    doc = run("guidance2d", "smoke", seed=0, out=out, device="cpu")
+def smoke(bench_smoke):
+    doc, out = bench_smoke("guidance2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return doc, np.load(out / "samples.npz")
 
 

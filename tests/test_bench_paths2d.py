@@ -18,11 +18,8 @@ from bench.paths2d import DATASETS, ETAS, NFES, PATHS, SI_A, SI_NOISES, run_case
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run = run_case(bench_profile("smoke"), 0, torch.device("cpu"))
-    doc = run.result()
-    out = tmp_path_factory.mktemp("paths2d")
-    run.write(out, doc)
+def smoke(bench_smoke):
+    doc, out = bench_smoke("paths2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return doc, np.load(out / "samples.npz")
 
 

@@ -18,9 +18,9 @@ FLOWS = ("1rf", "2rf", "3rf", *VARIANTS, "2rf-data")
 
 
 @pytest.fixture(scope="module")
-def smoke():
-    run = run_case(bench_profile("smoke"), 0, torch.device("cpu"))
-    return run, run.result()
+def smoke(bench_smoke):
+    doc, out = bench_smoke("reflow2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
+    return None, doc
 
 
 def test_every_flow_at_every_nfe_and_the_distilled_model(smoke):

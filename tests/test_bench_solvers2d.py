@@ -10,19 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from bench.common import bench_profile
 from bench.solvers2d import (DATASETS, GRID_NFES, NFES, ORDER_NFES, STAGES, TOLERANCES, eight_gaussians_field,
-                             run_case, solver_errors)
+                             solver_errors)
 
 ENTRY_NAME = re.compile(r"^[a-z0-9_][a-z0-9_\-]*@(\d+|dopri5)$")
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run = run_case(bench_profile("smoke"), 0, torch.device("cpu"))
-    doc = run.result()
-    out = tmp_path_factory.mktemp("solvers2d")
-    run.write(out, doc)
+def smoke(bench_smoke):
+    doc, out = bench_smoke("solvers2d")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return doc, np.load(out / "samples.npz")
 
 

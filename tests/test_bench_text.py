@@ -7,19 +7,15 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bench.common import bench_profile
-from bench.text import DATASET, EVAL_WINDOWS, FLOWS, N_SAMPLES, SAMPLE_NFE, run_case
+from bench.text import DATASET, EVAL_WINDOWS, FLOWS, N_SAMPLES, SAMPLE_NFE
 from tutorlib.text import VOCAB_SIZE, TextRecipe
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    run = run_case(bench_profile("smoke"), 0, torch.device("cpu"))
-    out = tmp_path_factory.mktemp("text")
-    doc = run.result()
-    run.write(out, doc)
+def smoke(bench_smoke):
+    doc, out = bench_smoke("text")  # the session's one smoke run (tests/conftest.py), shared with tests/test_bench.py
     return doc, np.load(out / "samples.npz"), json.loads((out / "results.json").read_text())
 
 
