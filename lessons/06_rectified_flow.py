@@ -33,7 +33,7 @@
 # **Prerequisites:** lesson 03 (the linear path, the CFM loss, Euler sampling, `ode_solve`); lesson 00
 # (energy distance and its noise floor). Lesson 05 (couplings, straight and crossing paths) helps.
 #
-# **Run time** (measured by `make verify`): CPU standard: not measured yet · GPU standard: not measured yet · smoke: not measured yet. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 8.5 min · GPU standard: not measured yet · smoke ≈ 45 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** on the checkerboard, the 1-rectified flow (`P.steps_2d` steps); then,
 # for a third of `P.steps_2d` steps each: the 2- and 3-rectified flows, two distilled one-step models,

@@ -7,14 +7,21 @@ Each name is one ``load_or_train`` call of the library, the same one the lesson 
 the lesson's own model: ``fm_mnist`` is lesson 09's class-conditional flow-matching PatchUNet
 (:func:`tutorlib.recipes.load_or_train_mnist_fm`; lesson 08 loads it too), ``ddpm_mnist`` lesson 01's
 label-conditional DDPM (:func:`tutorlib.recipes.load_or_train_mnist_ddpm`). A checkpoint that already
-matches its configuration is loaded and left alone unless ``--retrain``. Record the printed command,
+matches its configuration is loaded and left alone unless ``--retrain``. ``lesson10`` runs lesson 10 itself
+(the claims command, in the profile, with an empty ``TUTORLIB_DATA_DIR``) and keeps the checkpoints its own
+``load_or_train`` calls wrote: ``dfm_mnist_PROFILE`` (the binarised-MNIST posterior) and
+``dfm_text_{mask,uniform,autoregressive}_PROFILE`` (the character models). Record the printed command,
 time and sha256 in data/checkpoints/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from tutorlib.recipes import MNISTRecipe, load_or_train_mnist_ddpm, load_or_train_mnist_fm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist"])
+    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist", "lesson10"])
     ap.add_argument("--profile", default="standard")
     ap.add_argument("--out", type=Path, default=None, help="folder to write to (default: data/checkpoints)")
     ap.add_argument("--retrain", action="store_true")
@@ -42,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or shipped_checkpoint_dir()
     for name in args.names:
         start = time.perf_counter()
+        if name == "lesson10":
+            _lesson_checkpoints("10_discrete", "dfm_", P.name, out, args.retrain, threads)
+            continue
         full = f"{name}_{P.name}"
         if args.retrain:
             for suffix in (".pt", ".sha256"):
@@ -57,6 +67,31 @@ def main(argv: list[str] | None = None) -> int:
         if not run.loaded:
             print(f"  {run.result.describe()}")
     return 0
+
+
+def _lesson_checkpoints(stem: str, prefix: str, profile_name: str, out: Path, retrain: bool, threads: int) -> None:
+    """Run one lesson (the claims command) with an empty data folder; copy the checkpoints it trained to ``out``."""
+    from tutorlib.files import file_sha256
+
+    pattern = f"{prefix}*_{profile_name}"
+    if retrain:
+        for old in out.glob(f"{pattern}.*"):
+            old.unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TUTORLIB_DATA_DIR=tmp, TUTORLIB_THREADS=str(threads))
+        start = time.perf_counter()
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "verify_lessons.py"), "--profiles", profile_name,
+                        "--lessons", stem, "--record", str(Path(tmp) / "record.json"), "--no-headers"],
+                       env=env, check=True)
+        took = time.perf_counter() - start
+        made = sorted((Path(tmp) / "checkpoints").glob(f"{pattern}.pt"))
+        if not made:
+            print(f"{stem}: every {pattern} checkpoint was loaded from {out} (pass --retrain to train them again)")
+        for pt in made:
+            for f in (pt, pt.with_suffix(".sha256")):
+                shutil.copy2(f, out / f.name)
+            print(f"{pt.stem}: trained by lesson {stem} ({took:.0f} s for the whole lesson on {threads} thread(s)); "
+                  f"sha256 {file_sha256(out / pt.name)}")
 
 
 if __name__ == "__main__":
