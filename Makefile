@@ -10,6 +10,9 @@ export TUTORLIB_PROFILE ?= standard
 # Sleeping, not spinning, OpenMP threads: all cores stay fast when a browser competes for one
 # (bench/bench_threads.py; tutorlib.device.default_threads). Read when torch is imported.
 export OMP_WAIT_POLICY ?= PASSIVE
+# `make test` spreads the tests over this many pytest-xdist workers (one torch thread each; the book build
+# and the browser checks stay together on one worker); TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: course test test-lessons verify lab book serve-book install clean help
 
@@ -36,7 +39,7 @@ install: $(STAMP)
 # The tests run every lesson in the smoke profile (the default above is for `make course`).
 test: export TUTORLIB_PROFILE = smoke
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Each lesson as a notebook under nbmake, with live widgets (the book renders them static).
 test-lessons: export TUTORLIB_PROFILE = smoke

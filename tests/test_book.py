@@ -17,6 +17,7 @@ import course  # noqa: E402
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("book")  # with pytest-xdist, one worker builds the book and runs the browser checks
 def test_book_builds_strictly_in_smoke_profile(smoke_book):
     assert smoke_book.returncode == 0, smoke_book.log
     print(f"smoke book built in {smoke_book.seconds:.0f} s")

@@ -36,6 +36,9 @@ from urllib.parse import urlparse
 
 import pytest
 
+# pytest-xdist: the browser checks run on the worker that builds the book (tests/test_book.py)
+pytestmark = pytest.mark.xdist_group("book")
+
 websocket = pytest.importorskip("websocket", reason="websocket-client is needed: pip install -e '.[test]'")
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
