@@ -42,6 +42,27 @@ def mnist_source() -> Path:
     return src
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep ``xdist_group`` tests together under ``make test`` (``-n auto --dist loadgroup``) on pytest >= 9.2.
+
+    pytest-xdist (3.8) groups a test by appending ``@GROUP`` to ``item._nodeid`` on the worker, which
+    pytest 9.2 no longer reads (a node's id lives in ``item._id``): the book was then built by both workers
+    at once, into one folder. This sets the id xdist meant; where xdist's own suffix took, it does nothing.
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import coerce_node_id
+    except ImportError:  # pytest < 9.2: xdist's suffix works
+        return
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and "@" not in item.nodeid.rsplit("]", 1)[-1]:
+            group = mark.args[0] if mark.args else mark.kwargs.get("name", "default")
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
+
+
 _BENCH_RUNS: dict[str, tuple] = {}
 
 

@@ -18,7 +18,9 @@ import course  # noqa: E402
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("book")  # with pytest-xdist, one worker builds the book and runs the browser checks
-def test_book_builds_strictly_in_smoke_profile(smoke_book):
+def test_book_builds_strictly_in_smoke_profile(smoke_book, request):
+    if getattr(request.config.option, "loadgroup", False):  # under make test: this worker alone builds the book
+        assert request.node.nodeid.endswith("@book"), f"xdist_group lost: {request.node.nodeid} (tests/conftest.py)"
     assert smoke_book.returncode == 0, smoke_book.log
     print(f"smoke book built in {smoke_book.seconds:.0f} s")
     html = smoke_book.html
