@@ -288,10 +288,12 @@ def readme_summary(docs: list[dict[str, Any]]) -> str:
     """A short, dated markdown summary for the README: quality at a few NFE, and speed vs peers."""
     by_case = {d["case"]: d for d in docs if d.get("device", "cpu") == "cpu"}
     lines = []
-    dates = sorted(d["date"][:10] for d in by_case.values())
+    used = [by_case[c] for c in ("fm2d", "ddpm2d", "reflow2d", "peers2d", "mnist", "mnist_ttq") if c in by_case]
+    dates = sorted({d["date"][:10] for d in used})
     if dates:
-        machine = _machine_line(next(iter(by_case.values())))
-        lines += [f"Measured {dates[-1]} on {machine}. Energy distance to held-out data as a multiple of its "
+        machines = "; ".join(sorted({_machine_line(d) for d in used}))
+        when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+        lines += [f"Measured {when} on {machines}. Energy distance to held-out data as a multiple of its "
                   "noise floor (1 = as close as two independent data draws); full tables in "
                   "[bench/RESULTS.md](bench/RESULTS.md).", ""]
     rows = []

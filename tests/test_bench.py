@@ -243,6 +243,8 @@ def test_readme_summary_block_is_rewritten_between_its_markers(tmp_path):
     assert {d["case"] for d in docs} >= {"fm2d", "peers2d"}
     summary = readme_summary(docs)
     assert "| flow matching, minibatch OT | checkerboard |" in summary and "Measured 20" in summary
+    fm = next(d for d in docs if d["case"] == "fm2d")
+    assert fm["date"][:10] in summary and fm["machine"]["cpu"] in summary  # the date and machine of the rows shown
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\nrest\n")
     update_readme(readme, summary)
