@@ -35,7 +35,7 @@
 # lesson 01 (DDPM's samplers). Lessons 05 (minibatch OT) and 06 (reflow, distillation) explain two of the
 # baselines in depth; this lesson trains small versions of them with the library.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 10.8 min · GPU standard: not measured yet · smoke ≈ 60 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 11.5 min · GPU standard: not measured yet · smoke ≈ 47 s. The last cell prints this run's time.
 #
 # **Loads:** the committed bench results of minibatch-OT flow matching (`bench/results/fm2d-standard.json`),
 # for one row of the closing table. **Trains:** on eight Gaussians, a flow-matching `TimeMLP`, a DDPM
@@ -63,9 +63,10 @@ from tutorlib.fewstep import MeanFlow, Shortcut, TwoTimeMLP, fewstep_sample
 from tutorlib.losses import cfm_loss, ddpm_loss
 from tutorlib.models import TimeMLP, count_parameters
 from tutorlib.paths import CondOTPath, gmm_marginal_velocity
+from tutorlib.reflow import distill_loss, pair_batches, reflow_loss
 from tutorlib.solvers import (bellman_grid, euler_jump_costs, fit_time_grid, ode_solve, optimal_time_grid,
                               power_time_grid, reflow_coupling, steps_for_nfe)
-from tutorlib.train import TrainConfig, batch_sampler, train
+from tutorlib.train import TrainConfig, train
 from tutorlib.widgets import choice_explorer
 
 lesson_start = time.perf_counter()
@@ -548,13 +549,8 @@ pairs_1 = reflow_coupling(fm, data.gaussian(8 * P.batch_2d, generator=gen, devic
 rf2 = copy.deepcopy(fm).requires_grad_(True)
 
 
-def pairs_loss(model, batch):
-    """CFM loss on fixed (x_0, x_1) pairs, with fresh times."""
-    x_0, x_1 = batch
-    return cfm_loss(model, path, x_0, x_1, torch.rand(x_0.shape[0], generator=gen).to(device))
-
-
-hist = train(rf2, pairs_loss, batch_sampler(*pairs_1, batch_size=P.batch_2d, generator=gen),
+# lesson 06's library: batches of fixed pairs with fresh times, the flow-matching loss on them, distillation
+hist = train(rf2, lambda m, b: reflow_loss(m, path, *b), pair_batches(pairs_1, P.batch_2d, generator=gen),
              cfg.replace(steps=P.steps_2d // 2, desc="2-rectified flow"))
 hist.ema.copy_to(rf2)
 print(f"2-rectified flow on {len(pairs_1.x_0)} pairs: {hist.describe()}")
@@ -563,14 +559,8 @@ pairs_2 = reflow_coupling(rf2, data.gaussian(8 * P.batch_2d, generator=gen, devi
 distilled = copy.deepcopy(rf2).requires_grad_(True)
 
 
-def distill_loss(model, batch):
-    """One step from t = 0 should land on the 2-rectified flow's sample."""
-    x_0, x_1 = batch
-    return (x_0 + model(x_0, torch.zeros(x_0.shape[0], device=device)) - x_1).square().mean()
-
-
-hist = train(distilled, distill_loss, batch_sampler(*pairs_2, batch_size=P.batch_2d, generator=gen),
-             cfg.replace(steps=P.steps_2d // 2, desc="distillation"))
+hist = train(distilled, lambda m, b: distill_loss(m, b[0], b[1]),  # one step from t = 0 lands on 2-RF's sample
+             pair_batches(pairs_2, P.batch_2d, generator=gen), cfg.replace(steps=P.steps_2d // 2, desc="distillation"))
 hist.ema.copy_to(distilled)
 print(f"distilled one-step generator: {hist.describe()}")
 
