@@ -10,7 +10,8 @@ label-conditional DDPM (:func:`tutorlib.recipes.load_or_train_mnist_ddpm`). A ch
 matches its configuration is loaded and left alone unless ``--retrain``. ``lesson10`` runs lesson 10 itself
 (the claims command, in the profile, with an empty ``TUTORLIB_DATA_DIR``) and keeps the checkpoints its own
 ``load_or_train`` calls wrote: ``dfm_mnist_PROFILE`` (the binarised-MNIST posterior) and
-``dfm_text_{mask,uniform,autoregressive}_PROFILE`` (the character models). Record the printed command,
+``dfm_text_{mask,uniform,autoregressive}_PROFILE`` (the character models); ``appendixA`` runs appendix A the
+same way and keeps ``a_{reflow,distilled,shortcut,fm_small,otfm_small}_PROFILE``. Record the printed command,
 time and sha256 in data/checkpoints/README.md.
 """
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from tutorlib.recipes import MNISTRecipe, load_or_train_mnist_ddpm, load_or_train_mnist_fm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist", "lesson10"])
+    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist", "lesson10", "appendixA"])
     ap.add_argument("--profile", default="standard")
     ap.add_argument("--out", type=Path, default=None, help="folder to write to (default: data/checkpoints)")
     ap.add_argument("--retrain", action="store_true")
@@ -51,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         if name == "lesson10":
             _lesson_checkpoints("10_discrete", "dfm_", P.name, out, args.retrain, threads)
+            continue
+        if name == "appendixA":
+            _lesson_checkpoints("A_mnist_at_scale", "a_", P.name, out, args.retrain, threads)
             continue
         full = f"{name}_{P.name}"
         if args.retrain:

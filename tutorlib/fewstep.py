@@ -22,7 +22,10 @@ to flow matching on the diagonal ``s = t``:
 
 Both objectives take the same inputs, ``loss(model, x_0, x_1, s, t)`` with ``0 <= s <= t <= 1``
 drawn by their ``times(n, generator=...)``; rows with ``s = t`` are flow matching, the others teach
-the jumps. Everything here works on vectors ``(B, D)`` (the 2D toys).
+the jumps. Everything here works on batches ``(B, ...)``: vectors ``(B, D)`` for the 2D toys with
+:class:`TwoTimeMLP`, images ``(B, 1, 28, 28)`` with :class:`TwoTimePatchUNet` (appendix A, where a
+shortcut model is fine-tuned from a flow-matching U-Net). A class-conditional model takes the labels
+as a fourth argument, ``u(x, s, t, y)``; :meth:`Shortcut.loss` passes them on with ``y=``.
 """
 
 from __future__ import annotations
@@ -34,20 +37,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tutorlib.models import sinusoidal_embedding
+from tutorlib.models import PatchUNet, sinusoidal_embedding
 from tutorlib.solvers import ODESolution
-from tutorlib.utils import batch_times
+from tutorlib.utils import batch_times, expand_t
 
 __all__ = [
     "MeanFlow",
     "Shortcut",
     "TwoTimeMLP",
+    "TwoTimePatchUNet",
     "average_velocity_jump",
     "fewstep_sample",
     "meanflow_target",
 ]
 
-AverageVelocity = Callable[[Tensor, Tensor, Tensor], Tensor]  # u(x (B, D), s (B,), t (B,)) -> (B, D)
+AverageVelocity = Callable[..., Tensor]  # u(x (B, ...), s (B,), t (B,)[, y (B,)]) -> (B, ...)
 
 
 # --------------------------------------------------------------------------------------
@@ -128,6 +132,61 @@ class TwoTimeMLP(nn.Module):
         return self(x, t, t)
 
 
+class TwoTimePatchUNet(PatchUNet):
+    """The average velocity ``u_theta(x, s, t, y)`` of 28x28 images: a :class:`~tutorlib.models.PatchUNet` with a second time.
+
+    The conditioning vector of the U-Net's blocks becomes ``c = embed(s, y) + G(sin/cos(t - s))``: the
+    start time ``s`` (and the label) enter exactly as the one time of a ``PatchUNet``, and the gap
+    ``t - s`` through a new MLP ``G`` whose last layer starts at zero. So :meth:`from_flow` copies a
+    trained flow-matching U-Net and starts as its velocity, ``u(x, s, t, y) = v(x, s, y)`` for every
+    gap, and fine-tuning by :class:`Shortcut` only has to teach the jumps (appendix A).
+
+    Args:
+        in_channels, out_channels, base_channels, num_classes, mid_blocks: as :class:`~tutorlib.models.PatchUNet`.
+        gap_freq_dim: sinusoidal features of the gap (even).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int | None = None, base_channels: int = 32,
+                 num_classes: int | None = None, mid_blocks: int = 1, gap_freq_dim: int = 64):
+        super().__init__(in_channels, out_channels, base_channels=base_channels, num_classes=num_classes,
+                         mid_blocks=mid_blocks)
+        if gap_freq_dim % 2:
+            raise ValueError(f"gap_freq_dim must be even, got {gap_freq_dim}")
+        cond = 4 * base_channels
+        self.gap_freq_dim = gap_freq_dim
+        self.gap_embed = nn.Sequential(nn.Linear(gap_freq_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
+        nn.init.zeros_(self.gap_embed[-1].weight)
+        nn.init.zeros_(self.gap_embed[-1].bias)
+
+    @classmethod
+    def from_flow(cls, flow: PatchUNet) -> "TwoTimePatchUNet":
+        """A two-time copy of a trained ``PatchUNet`` velocity model: same sizes, its weights, a zero gap MLP.
+
+        The copy computes exactly the flow's velocity for every gap (``u(x, s, t, y) = v(x, s, y)``) until
+        it is trained; the flow itself is left untouched.
+        """
+        if not isinstance(flow, PatchUNet) or isinstance(flow, TwoTimePatchUNet):
+            raise TypeError(f"from_flow needs a trained tutorlib.models.PatchUNet, got {type(flow).__name__}")
+        C = flow.stem.out_channels
+        net = cls(flow.in_channels, flow.out_channels, base_channels=C, num_classes=flow.num_classes,
+                  mid_blocks=len(flow.mid))
+        missing, unexpected = net.load_state_dict(flow.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("gap_embed.") for k in missing):
+            raise ValueError(f"the flow's weights do not fit: missing {missing}, unexpected {unexpected}")
+        p = next(flow.parameters())
+        return net.to(device=p.device, dtype=p.dtype)
+
+    def forward(self, x: Tensor, s: Tensor | float, t: Tensor | float, y: Tensor | None = None) -> Tensor:  # type: ignore[override]
+        """``x`` ``(B, C_in, 28, 28)``, start and end times ``(B,)`` or floats, labels ``(B,)`` or ``None``."""
+        s, t = batch_times(s, x), batch_times(t, x)  # (B,) each
+        c = self._conditioning(x, s, y) + self.gap_embed(sinusoidal_embedding(t - s, self.gap_freq_dim))  # (B, 4C)
+        return self._body(x, c)
+
+    def velocity(self, x: Tensor, t: Tensor | float, y: Tensor | None = None) -> Tensor:
+        """The instantaneous velocity ``u(x, t, t, y)``: a flow-matching field for ``ode_solve``."""
+        return self(x, t, t, y)
+
+
 # --------------------------------------------------------------------------------------
 # Sampling by jumps
 # --------------------------------------------------------------------------------------
@@ -138,14 +197,14 @@ def average_velocity_jump(model: AverageVelocity, x: Tensor, s: Tensor | float, 
 
     Args:
         model: ``u(x, s, t)``, e.g. a :class:`TwoTimeMLP`.
-        x: states at ``s``, shape ``(B, D)``.
+        x: states at ``s``, shape ``(B, ...)``.
         s, t: start and end times, ``(B,)`` or floats.
 
     Returns:
-        The states at ``t``, shape ``(B, D)``.
+        The states at ``t``, shape ``(B, ...)``.
     """
     s, t = batch_times(s, x), batch_times(t, x)
-    return x + (t - s)[:, None] * model(x, s, t)
+    return x + expand_t(t - s, x) * model(x, s, t)
 
 
 def fewstep_sample(model: AverageVelocity, x_0: Tensor, *, steps: int = 1, time_grid: Tensor | None = None,
@@ -157,7 +216,7 @@ def fewstep_sample(model: AverageVelocity, x_0: Tensor, *, steps: int = 1, time_
 
     Args:
         model: ``u(x, s, t)``.
-        x_0: noise ``(B, D)``.
+        x_0: noise ``(B, ...)``.
         steps: number of jumps (= network evaluations) on a uniform grid.
         time_grid: increasing times from 0 to 1 (overrides ``steps``), shape ``(K + 1,)``.
         return_trajectory: also return the states at the grid times.
@@ -184,7 +243,7 @@ def fewstep_sample(model: AverageVelocity, x_0: Tensor, *, steps: int = 1, time_
     states = [x] if return_trajectory else None
     with torch.no_grad():
         for s, t in zip(times[:-1], times[1:]):
-            x = average_velocity_jump(model, x, s, t)  # (B, D)
+            x = average_velocity_jump(model, x, s, t)  # (B, ...)
             if states is not None:
                 states.append(x)
     return ODESolution(x=x, nfe=len(times) - 1, trajectory=torch.stack(states) if states is not None else None,
@@ -197,8 +256,9 @@ def fewstep_sample(model: AverageVelocity, x_0: Tensor, *, steps: int = 1, time_
 
 
 def _check_pairs(x_0: Tensor, x_1: Tensor, s: Tensor, t: Tensor) -> None:
-    if x_0.shape != x_1.shape or x_0.dim() != 2:
-        raise ValueError(f"x_0 and x_1 must both be (B, D), got {tuple(x_0.shape)} and {tuple(x_1.shape)}")
+    if x_0.shape != x_1.shape or x_0.dim() < 2:
+        raise ValueError(f"x_0 and x_1 must both be batches (B, ...) of one shape, got {tuple(x_0.shape)} and "
+                         f"{tuple(x_1.shape)}")
     B = x_0.shape[0]
     if s.shape != (B,) or t.shape != (B,):
         raise ValueError(f"s and t must have shape ({B},), got {tuple(s.shape)} and {tuple(t.shape)}")
@@ -228,7 +288,7 @@ def meanflow_target(model: AverageVelocity, x_s: Tensor, s: Tensor, t: Tensor, v
         target ``v + (t - s) d/ds u``, detached (a stop-gradient, as in the paper).
     """
     u, du_ds = torch.func.jvp(model, (x_s, s, t), (v, torch.ones_like(s), torch.zeros_like(t)))
-    return u, (v + (t - s)[:, None] * du_ds).detach()
+    return u, (v + expand_t(t - s, x_s) * du_ds).detach()
 
 
 @dataclass(frozen=True)
@@ -268,9 +328,9 @@ class MeanFlow:
     def loss(self, model: AverageVelocity, x_0: Tensor, x_1: Tensor, s: Tensor, t: Tensor) -> Tensor:
         """The scalar MeanFlow loss for noise ``x_0``, data ``x_1`` ``(B, D)`` and times ``s <= t`` ``(B,)``."""
         _check_pairs(x_0, x_1, s, t)
-        x_s = x_0 + s[:, None] * (x_1 - x_0)  # (B, D) on the linear path
+        x_s = x_0 + expand_t(s, x_0) * (x_1 - x_0)  # (B, ...) on the linear path
         u, target = meanflow_target(model, x_s, s, t, x_1 - x_0)
-        err = (u - target).square().sum(1)  # (B,)
+        err = (u - target).square().reshape(u.shape[0], -1).sum(1)  # (B,)
         if self.weight_power == 0:
             return err.mean()
         return (err / (err.detach() + self.weight_eps) ** self.weight_power).mean()
@@ -322,22 +382,32 @@ class Shortcut:
         return s.to(device), t.to(device)
 
     def loss(self, model: AverageVelocity, x_0: Tensor, x_1: Tensor, s: Tensor, t: Tensor,
-             target_model: AverageVelocity | None = None) -> Tensor:
-        """The scalar shortcut loss; ``target_model`` (default: ``model``) makes the bootstrap targets."""
+             target_model: AverageVelocity | None = None, *, y: Tensor | None = None) -> Tensor:
+        """The scalar shortcut loss; ``target_model`` (default: ``model``) makes the bootstrap targets.
+
+        ``x_0``, ``x_1`` are ``(B, ...)``; with labels ``y`` ``(B,)`` the models are called as
+        ``model(x, s, t, y)`` (a class-conditional :class:`TwoTimePatchUNet`; label dropout is the
+        caller's), and each bootstrap row keeps its own label.
+        """
         _check_pairs(x_0, x_1, s, t)
-        x_s = x_0 + s[:, None] * (x_1 - x_0)  # (B, D)
-        target = x_1 - x_0  # (B, D): flow matching where s = t
+        if y is not None and (not isinstance(y, Tensor) or y.shape != (x_0.shape[0],)):
+            raise ValueError(f"y must be a tensor of shape ({x_0.shape[0]},) (one label per row) or None, got "
+                             f"{getattr(y, 'shape', type(y).__name__)}")
+        cond = () if y is None else (y,)
+        x_s = x_0 + expand_t(s, x_0) * (x_1 - x_0)  # (B, ...)
+        target = x_1 - x_0  # (B, ...): flow matching where s = t
         boot = t > s  # (B,)
         if bool(boot.any()):
             net = model if target_model is None else target_model
             xb, sb, tb = x_s[boot], s[boot], t[boot]
+            cb = tuple(c[boot] for c in cond)
             d = (tb - sb) / 2  # (b,) half steps
             smallest = (tb - sb) <= self.min_step * (1 + 1e-6)
             end = torch.where(smallest, sb, sb + d)  # the halves' own end times (instantaneous at the bottom)
             with torch.no_grad():
-                u1 = net(xb, sb, end)
-                x_mid = xb + d[:, None] * u1
-                u2 = net(x_mid, sb + d, torch.where(smallest, sb + d, tb))
+                u1 = net(xb, sb, end, *cb)
+                x_mid = xb + expand_t(d, xb) * u1
+                u2 = net(x_mid, sb + d, torch.where(smallest, sb + d, tb), *cb)
             target = target.clone()
             target[boot] = 0.5 * (u1 + u2)
-        return (model(x_s, s, t) - target).square().mean()
+        return (model(x_s, s, t, *cond) - target).square().mean()

@@ -415,7 +415,10 @@ class PatchUNet(_ImageFlowModel):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
         """``x`` ``(B, C_in, 28, 28)``, ``t`` ``(B,)``, ``y`` ``(B,)`` or ``None`` -> ``(B, C_out, 28, 28)``."""
-        c = self._conditioning(x, t, y)  # (B, 4C)
+        return self._body(x, self._conditioning(x, t, y))
+
+    def _body(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """The network given its conditioning vector ``c`` ``(B, 4C)`` (shared with two-time variants)."""
         h1 = self.enc1(self.stem(F.pixel_unshuffle(x, 2)), c)  # (B, C, 14, 14)
         h2 = self.enc2(self.down(h1), c)  # (B, 2C, 7, 7)
         h = h2
