@@ -11,8 +11,9 @@ import jupytext
 import pytest
 
 LESSONS = Path(__file__).resolve().parents[1] / "lessons"
-SOURCES = sorted(p for p in LESSONS.glob("[0-9]*.py"))
-NOTEBOOKS = sorted(LESSONS.glob("[0-9]*.ipynb"))
+# lessons NN_name and appendices X_name (the book's order, book/course.py)
+SOURCES = sorted(LESSONS.glob("[0-9][0-9]_*.py")) + sorted(LESSONS.glob("[A-Z]_*.py"))
+NOTEBOOKS = sorted(LESSONS.glob("[0-9][0-9]_*.ipynb")) + sorted(LESSONS.glob("[A-Z]_*.ipynb"))
 
 
 def test_there_are_lessons():

@@ -81,7 +81,7 @@ class ScaleConfig:
                          nfes=(1, 2, 4)),
             "standard": cls(pairs=2048, pair_nfe=20, batch=64, reflow_steps=400, distill_steps=300,
                             shortcut_steps=400, lr=5e-4, warmup_steps=20, ema_decay=0.99, small_channels=16,
-                            small_steps=600, small_batch=64, n_eval=500, nfes=(1, 2, 4, 8, 20)),
+                            small_steps=600, small_batch=64, n_eval=500, nfes=(1, 2, 4, 20)),
             "full": cls(pairs=50_000, pair_nfe=40, batch=256, reflow_steps=10_000, distill_steps=5_000,
                         shortcut_steps=10_000, lr=3e-4, warmup_steps=200, ema_decay=0.999, small_channels=64,
                         small_steps=20_000, small_batch=256, n_eval=10_000, nfes=(1, 2, 4, 8, 20, 50)),
@@ -93,6 +93,11 @@ class ScaleConfig:
     def replace(self, **changes: Any) -> "ScaleConfig":
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
+
+    def training_fields(self) -> dict[str, Any]:
+        """The fields that decide the fine-tuned models (what their checkpoints are stored under): not the
+        scoring sizes ``n_eval`` and ``nfes``, which change no weights."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("n_eval", "nfes")}
 
     def train_config(self, steps: int, desc: str, *, progress: bool = False) -> TrainConfig:
         """The :class:`~tutorlib.train.TrainConfig` of a fine-tuning run of ``steps`` steps (cosine decay)."""
