@@ -619,6 +619,7 @@ class ManifoldConfig:
     @classmethod
     def from_profile(cls, P) -> "ManifoldConfig":
         """From the profile's 2D sizes: ``max(60, P.steps_2d // 2)`` steps at batch ``P.batch_2d // 2``,
-        ``P.n_eval_2d // 2`` samples per metric, 8 draws each (standard: 1500 steps, batch 256, 1000 samples)."""
-        return cls(steps=max(60, P.steps_2d // 2), batch=P.batch_2d // 2, n_eval=P.n_eval_2d // 2, repeats=8,
-                   sample_steps=100, few_steps=4)
+        ``P.n_eval_2d // 2`` samples per metric, drawn ``P.n_eval_2d // 250`` times (between 4 and 8).
+        Standard: 1500 steps at batch 256, 1000 samples x 8 draws; smoke: 60 steps at batch 128, 250 x 4."""
+        return cls(steps=max(60, P.steps_2d // 2), batch=P.batch_2d // 2, n_eval=P.n_eval_2d // 2,
+                   repeats=min(8, max(4, P.n_eval_2d // 250)), sample_steps=100, few_steps=4)
