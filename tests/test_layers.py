@@ -18,7 +18,7 @@ LAYERS = {
     1: ["utils", "device", "files", "data", "mnist", "checkpoints", "claims"],
     2: ["schedulers", "paths", "couplings", "models"],
     3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm", "interpolants", "reflow", "fewstep",
-        "simplex"],
+        "simplex", "coupling_flows"],
     4: ["train", "metrics", "judge", "recipes", "distributed", "text"],
     5: ["plotting", "widgets", "exercises"],
 }
@@ -81,6 +81,7 @@ def _loaded_by(module: str) -> set[str]:
     ("solvers", {"tutorlib.mnist", "tutorlib.models", "plotly"}),
     ("train", {"tutorlib.mnist", "tutorlib.models", "plotly"}),
     ("exercises", {"plotly", "tutorlib.mnist"}),
+    ("coupling_flows", {"tutorlib.mnist", "tutorlib.models", "tutorlib.train", "plotly"}),
 ])
 def test_a_module_loads_only_what_its_concept_needs(module, must_not_load):
     loaded = _loaded_by(module)
