@@ -102,6 +102,7 @@ class FlowConfig:
     fm_digits: int  # test digits behind the MNIST flow-matching model's (Hutchinson) bits/dim
     fm_tol: float  # dopri5 tolerance (atol = rtol) of that likelihood solve
     timing_repeats: int  # timed repeats behind each sampling-speed median
+    n_samples_mnist: int  # digits sampled from each MNIST model (timing, the judge's confidence, figures)
 
     @classmethod
     def from_profile(cls, P: Profile) -> "FlowConfig":
@@ -115,21 +116,22 @@ class FlowConfig:
             ValueError: ``P.name`` is not one of the three profiles.
         """
         table = {
-            # couplings_2d, tol_2d, levels, steps_per_level, checkerboard_steps, n_test, fm_digits, fm_tol, repeats
-            "smoke": (4, 1e-3, 2, 2, 1, 200, 2, 1e-2, 3),
-            "standard": (16, 1e-5, 2, 4, 1, 2000, 16, 1e-4, 7),
-            "full": (24, 1e-5, 2, 8, 2, 10000, 256, 1e-5, 11),
+            # couplings_2d, tol_2d, levels, steps_per_level, checkerboard_steps, n_test, fm_digits, fm_tol, repeats,
+            # n_samples_mnist
+            "smoke": (4, 1e-3, 2, 2, 1, 200, 2, 1e-2, 2, 20),
+            "standard": (16, 1e-5, 2, 4, 1, 2000, 16, 1e-4, 5, 64),
+            "full": (24, 1e-5, 2, 8, 2, 10000, 256, 1e-5, 11, 256),
         }
         if P.name not in table:
             raise ValueError(f"FlowConfig.from_profile: unknown profile name {P.name!r}; use a profile from "
                              "tutorlib.device.profile() (smoke, standard or full)")
-        couplings, tol_2d, levels, k, cb, n_test, fm_digits, fm_tol, repeats = table[P.name]
+        couplings, tol_2d, levels, k, cb, n_test, fm_digits, fm_tol, repeats, n_samples = table[P.name]
         return cls(couplings_2d=couplings, hidden_2d=P.hidden_2d // 4, depth_2d=2, steps_2d=max(20, P.steps_2d // 3),
                    batch_2d=P.batch_2d // 2, lr_2d=5e-3, steps_cnf=max(4, P.steps_2d // 30),
                    steps_fm=max(20, P.steps_2d // 3), tol_2d=tol_2d, levels=levels, steps_per_level=k,
                    checkerboard_steps=cb, hidden_mnist=P.unet_channels, steps_mnist=max(20, P.steps_mnist // 5),
                    batch_mnist=P.batch_mnist // 2, lr_mnist=1e-2, n_test_mnist=n_test, fm_digits=fm_digits,
-                   fm_tol=fm_tol, timing_repeats=repeats)
+                   fm_tol=fm_tol, timing_repeats=repeats, n_samples_mnist=n_samples)
 
 
 @dataclass
