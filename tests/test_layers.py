@@ -18,7 +18,7 @@ LAYERS = {
     1: ["utils", "device", "files", "data", "mnist", "checkpoints", "claims"],
     2: ["schedulers", "paths", "couplings", "models"],
     3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm", "interpolants", "reflow", "fewstep",
-        "simplex", "manifolds"],
+        "simplex", "manifolds", "coupling_flows"],
     4: ["train", "metrics", "judge", "recipes", "distributed", "text", "methods"],
     5: ["plotting", "widgets", "exercises"],
 }
@@ -82,6 +82,7 @@ def _loaded_by(module: str) -> set[str]:
     ("train", {"tutorlib.mnist", "tutorlib.models", "plotly"}),
     ("exercises", {"plotly", "tutorlib.mnist"}),
     ("manifolds", {"tutorlib.mnist", "tutorlib.metrics", "tutorlib.train", "plotly"}),
+    ("coupling_flows", {"tutorlib.mnist", "tutorlib.models", "tutorlib.train", "plotly"}),
 ])
 def test_a_module_loads_only_what_its_concept_needs(module, must_not_load):
     loaded = _loaded_by(module)

@@ -17,6 +17,7 @@ module                              checks
 :mod:`.lesson05`                    a minibatch optimal-transport coupling
 :mod:`.lesson08`                    the classifier-free guidance combination
 :mod:`.lesson09`                    label dropout, CFG in one pass, CFG-Zero* with zero-init
+:mod:`.lessonD`                     an additive coupling, the affine coupling's inverse, bits per dimension
 ==================================  ===================================================================
 
 A lesson's own one-off checks call :func:`check` directly with a reference, an input maker and,
