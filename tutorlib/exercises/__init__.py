@@ -14,9 +14,15 @@ module                              checks
 :mod:`.lesson01`                    forward noising, one DDIM step
 :mod:`.lesson02`                    exact divergence, Hutchinson's estimator
 :mod:`.lesson03`                    Euler and midpoint steps, the linear and polynomial path targets
-:mod:`.lesson05`                    a minibatch optimal-transport coupling
-:mod:`.lesson08`                    the classifier-free guidance combination
+:mod:`.lesson04`                    x_1-prediction to velocity, the equivalent sigma, the linear path's time
+:mod:`.lesson05`                    minibatch OT, the entropic plan of two points, OT with a class penalty
+:mod:`.lesson06`                    the noise-end velocity, the predicted endpoint, the backward coupling
+:mod:`.lesson07`                    an RK3 step, the minimax time grid, MeanFlow's target in the paper's time
+:mod:`.lesson08`                    the guided velocity, the implicit classifier's gradient, cosine guidance
 :mod:`.lesson09`                    label dropout, CFG in one pass, CFG-Zero* with zero-init
+:mod:`.lesson10`                    the uniform source's posterior, the masked bound, the simplex posterior
+:mod:`.lessonA`                     a guided jump of an average velocity, OT within classes on images
+:mod:`.lessonC`                     the torus's geodesic path, the sphere's exponential-map Euler step
 :mod:`.lessonD`                     an additive coupling, the affine coupling's inverse, bits per dimension
 ==================================  ===================================================================
 
