@@ -17,6 +17,8 @@ module                              checks
 :mod:`.lesson05`                    a minibatch optimal-transport coupling
 :mod:`.lesson08`                    the classifier-free guidance combination
 :mod:`.lesson09`                    label dropout, CFG in one pass, CFG-Zero* with zero-init
+:mod:`.lessonB`                    the latent normalisation, the latent CFM loss with a frozen encoder,
+                                    sampling in the latent then decoding (appendix B)
 ==================================  ===================================================================
 
 A lesson's own one-off checks call :func:`check` directly with a reference, an input maker and,
