@@ -86,8 +86,8 @@ class LatentConfig:
 
     latent_dim: int = 32  # d: numbers per digit in the latent
     ae_channels: int = 8  # autoencoder width c: c channels at 14x14, 2c at 7x7
-    ae_steps: int = 1000  # autoencoder optimiser steps
-    ae_lr: float = 3e-3  # autoencoder AdamW peak learning rate (warm-up, then cosine decay)
+    ae_steps: int = 800  # autoencoder optimiser steps
+    ae_lr: float = 1e-2  # autoencoder AdamW peak learning rate (warm-up, then cosine decay)
     fm_hidden: int = 256  # width of the latent velocity MLP (TimeMLP)
     fm_depth: int = 3  # residual blocks of the latent velocity MLP
     fm_steps: int = 800  # optimiser steps of the longest latent flow-matching run
@@ -127,7 +127,10 @@ class LatentConfig:
                            ema_decay=None, progress=progress, desc="autoencoder")
 
     def fm_train_config(self, steps: int | None = None, *, progress: bool = False) -> TrainConfig:
-        """The :class:`~tutorlib.train.TrainConfig` of a latent flow-matching run of ``steps`` (default ``fm_steps``)."""
+        """The :class:`~tutorlib.train.TrainConfig` of a latent flow-matching run of ``steps`` steps.
+
+        ``steps`` defaults to ``fm_steps``; the warm-up is :meth:`warmup` of it.
+        """
         steps = self.fm_steps if steps is None else steps
         _positive_int(steps, "steps")
         return TrainConfig(steps=steps, lr=self.fm_lr, warmup_steps=self.warmup(steps), cosine_decay=True,
@@ -143,7 +146,10 @@ class LatentConfig:
             return ConvAutoencoder(self.latent_dim, self.ae_channels)
 
     def build_flow_model(self, num_classes: int = 10, *, seed: int | None = None) -> TimeMLP:
-        """A fresh class-conditional :class:`~tutorlib.models.TimeMLP` on ``latent_dim`` numbers (null class ``num_classes``)."""
+        """A fresh class-conditional :class:`~tutorlib.models.TimeMLP` on ``latent_dim`` numbers.
+
+        Its null class is ``num_classes``; ``seed`` initialises it without touching the global RNG.
+        """
         if seed is None:
             return TimeMLP(dim=self.latent_dim, hidden=self.fm_hidden, depth=self.fm_depth, num_classes=num_classes)
         with torch.random.fork_rng(devices=[]):
@@ -152,7 +158,7 @@ class LatentConfig:
 
 
 LATENT_PRESETS: dict[str, LatentConfig] = {
-    "smoke": LatentConfig(ae_steps=150, fm_hidden=64, fm_depth=2, fm_steps=200, n_eval=50, pixel_steps_max=60),
+    "smoke": LatentConfig(ae_steps=120, fm_hidden=64, fm_depth=2, fm_steps=80, n_eval=40, pixel_steps_max=12),
     "standard": LatentConfig(),
     "full": LatentConfig(ae_channels=32, ae_steps=6000, fm_hidden=512, fm_depth=4, fm_steps=10000, n_eval=2000,
                          pixel_steps_max=40000),
@@ -173,7 +179,8 @@ class ConvAutoencoder(nn.Module):
     linear map to ``(2c, 7, 7)``, a 3x3 conv, nearest-neighbour upsampling to 14x14, two 3x3 convs
     to 4 channels and ``pixel_shuffle`` back to 28x28. SiLU between layers; no output squashing
     (images in ``[-1, 1]`` are matched by the squared error; :func:`decode_latents` clamps). At
-    ``d = 32``, ``c = 8`` about 0.12 M parameters; no 28x28 convolution at all.
+    ``d = 32``, ``c = 8`` about 0.06 M parameters (the pixel recipe's PatchUNet: 0.44 M); no 28x28
+    convolution at all.
 
     Args:
         latent_dim: ``d``.
@@ -435,7 +442,10 @@ def train_latent_fm(model: nn.Module, latents: Tensor, labels: Tensor, config: L
 
 @torch.no_grad()
 def decode_latents(decoder: Callable[[Tensor], Tensor], stats: LatentStats, u: Tensor) -> Tensor:
-    """Images ``(B, 1, 28, 28)`` in ``[-1, 1]`` of normalised latents ``u`` ``(B, *S)``: ``decoder(denormalise(u))``, clamped."""
+    """Images ``(B, 1, 28, 28)`` in ``[-1, 1]`` of normalised latents ``u`` ``(B, *S)``.
+
+    ``decoder(stats.denormalise(u))``, clamped to the data's range.
+    """
     return decoder(stats.denormalise(u)).clamp(-1.0, 1.0)
 
 
