@@ -445,17 +445,19 @@ for s in (0.1, 10.0):
 # readings: the flow model's own training time (if the autoencoder is trained once and reused, as in
 # practice), and the whole pipeline (the autoencoder, encoding the training set, the flow model). We give
 # lesson 09's pixel recipe each of these budgets. Lessons train for a number of **steps**, never until a clock
-# runs out, so we convert each budget into steps with the pixel step time measured in section 5, on this
-# machine, in this run, and train the recipe (warm-up and cosine decay over those steps) for that many steps.
-# Both sides are scored alike: the same labels, the same guidance scale and number of Euler steps, the same
-# judge.
+# runs out, so we convert each budget into steps with a pixel step time measured on this machine, in this run
+# (for the smaller budget, section 5's; for the larger one, the speed of the first pixel run itself, since a
+# whole run spends less per step on setting up than section 5's short timed blocks), and train the recipe
+# (warm-up and cosine decay over those steps) for that many steps. Both sides are scored alike: the same
+# labels, the same guidance scale and number of Euler steps, the same judge.
 
 # %%
 budgets = {"latent FM alone": final["train_s"], "whole latent pipeline": t_ae + t_encode + final["train_s"]}
 x0_eval = torch.randn((n_eval, 1, 28, 28), generator=gen).to(device)  # (n, 1, 28, 28) fixed pixel noise
 pixel_runs = {}
-for what, seconds in budgets.items():
-    steps = min(cfg.pixel_steps_max, max(2, round(seconds / step_s["pixel"])))
+pixel_step_s = step_s["pixel"]  # section 5's measurement; then each pixel run's own speed
+for what, seconds in sorted(budgets.items(), key=lambda item: item[1]):
+    steps = min(cfg.pixel_steps_max, max(2, round(seconds / pixel_step_s)))
     recipe_b = recipe.replace(steps=steps, warmup_steps=min(100, max(1, steps // 10)))
     model_p, hist_p = train_mnist_fm(recipe_b, train_x, train_y, seed=SEED, device=device, progress=False)
     sync()
@@ -464,9 +466,10 @@ for what, seconds in budgets.items():
     sync()
     pixel_runs[what] = {"steps": steps, "budget_s": seconds, "train_s": hist_p.total_time_s,
                         "sample_s": time.perf_counter() - start, **score(images)}
-    print(f"budget = {what} ({seconds:.1f} s = {steps} pixel steps at {step_s['pixel'] * 1e3:.0f} ms): pixel FM "
+    print(f"budget = {what} ({seconds:.1f} s = {steps} pixel steps at {pixel_step_s * 1e3:.0f} ms): pixel FM "
           f"trained in {hist_p.total_time_s:.1f} s, judge accuracy {pixel_runs[what]['accuracy']:.1%}, "
           f"Fréchet {pixel_runs[what]['frechet']:.2f} ({pixel_runs[what]['frechet'] / fd_floor:.1f} x floor)")
+    pixel_step_s = hist_p.total_time_s / hist_p.steps_done
 print(f"latent FM ({longest} steps): judge accuracy {final['accuracy']:.1%}, Fréchet {final['frechet']:.2f} "
       f"({final['frechet'] / fd_floor:.1f} x floor)")
 whole = pixel_runs["whole latent pipeline"]
@@ -475,7 +478,7 @@ per_digit = {"latent": final["sample_s"] / n_eval, "pixel": whole["sample_s"] / 
 print(f"sampling cost per digit at {recipe.nfe} NFE with guidance: latent {per_digit['latent'] * 1e3:.3f} ms "
       f"(decoding included), pixel {per_digit['pixel'] * 1e3:.3f} ms ({per_digit['pixel'] / per_digit['latent']:.0f} x)")
 claim("pixel FM's training time / the whole latent pipeline's", whole["train_s"] / budgets["whole latent pipeline"],
-      at_least={"standard": 0.6}, at_most={"standard": 1.6})
+      at_least={"standard": 0.75}, at_most={"standard": 1.33})
 claim("judge accuracy at equal time (whole pipeline): latent minus pixel", final["accuracy"] - whole["accuracy"],
       at_least={"standard": 0.3, "smoke": 0.1})
 claim("Frechet distance at equal time (whole pipeline): pixel / latent", whole["frechet"] / final["frechet"],
@@ -487,8 +490,9 @@ claim("sampling cost per digit, latent / pixel", per_digit["latent"] / per_digit
 # %% [markdown]
 # At equal time the pixel model is far behind: with the whole pipeline's budget, including the autoencoder,
 # its judge accuracy is claimed at least 30 points lower and its Fréchet distance at least twice the latent
-# model's; with the flow model's time alone it has barely started. (The claim on the two training times
-# checks that the step count measured in section 5 did buy about the same time.) Generating a digit is also
+# model's (compare its printed accuracy with chance, one in ten); with the flow model's time alone it has
+# barely started. The claim on the two training times checks that the step count did buy about the same time
+# (within a quarter either way). Generating a digit is also
 # cheaper in the latent, decoder included: the printed ratio, at the same number of function evaluations.
 #
 # The comparison is at a small budget, where the latent model's head start matters most. Lesson 09 trains the
