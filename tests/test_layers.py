@@ -19,7 +19,7 @@ LAYERS = {
     2: ["schedulers", "paths", "couplings", "models"],
     3: ["losses", "solvers", "likelihood", "discrete", "guidance", "ddpm", "interpolants", "reflow", "fewstep",
         "simplex", "manifolds", "coupling_flows"],
-    4: ["train", "metrics", "judge", "recipes", "distributed", "text", "methods"],
+    4: ["train", "metrics", "judge", "recipes", "distributed", "text", "methods", "latent"],
     5: ["plotting", "widgets", "exercises"],
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names}

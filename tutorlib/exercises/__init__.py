@@ -22,6 +22,8 @@ module                              checks
 :mod:`.lesson09`                    label dropout, CFG in one pass, CFG-Zero* with zero-init
 :mod:`.lesson10`                    the uniform source's posterior, the masked bound, the simplex posterior
 :mod:`.lessonA`                     a guided jump of an average velocity, OT within classes on images
+:mod:`.lessonB`                     the latent normalisation, the latent CFM loss with a frozen encoder,
+                                    sampling in the latent then decoding
 :mod:`.lessonC`                     the torus's geodesic path, the sphere's exponential-map Euler step
 :mod:`.lessonD`                     an additive coupling, the affine coupling's inverse, bits per dimension
 ==================================  ===================================================================
