@@ -32,7 +32,7 @@
 # distillation); lesson 07 (average-velocity models, the shortcut objective); lesson 05 (OT within classes);
 # lesson 01 (DDPM, DDIM).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.1): CPU standard ≈ 6.4 min · GPU standard: not measured yet · smoke ≈ 50 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.5 min · GPU standard: not measured yet · smoke ≈ 25 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, lesson 09's flow-matching model and lesson 01's DDPM (`fm_mnist_<profile>`,
 # `ddpm_mnist_<profile>`: the standard profile's ship with the course), and this appendix's own checkpoints
@@ -373,7 +373,8 @@ plotting.metric_curves({name: (list(row), list(row.values())) for name, row in a
 # %%
 order = [name for name in methods if (name, 1) in grids]
 plotting.image_grid(torch.cat([grids[name, 1] for name in order]), nrow=10,
-                    title="One NFE: one digit of each class per row (" + ", ".join(order) + ")")
+                    title="One NFE: one digit of each class per model")
+print("rows, top to bottom:", ", ".join(order))
 
 # %% [markdown]
 # What the table and the claims say, budget by budget:
@@ -394,7 +395,7 @@ plotting.image_grid(torch.cat([grids[name, 1] for name in order]), nrow=10,
 #   both are far from the large models; OT pairs within classes give the straighter paths (section 4) and
 #   the better one-step digits, and at many steps the two are close (the table).
 #
-# In the grid (one NFE, rows in the order of the title) the DDPM row is noise, the teacher's row blurred
+# In the grid (one NFE, rows in the order the cell prints) the DDPM row is noise, the teacher's row blurred
 # digits, and the 2-RF, student and shortcut rows sharp digits.
 
 # %% [markdown]

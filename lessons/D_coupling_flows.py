@@ -32,7 +32,7 @@
 # estimator), lesson 03 (flow matching and its likelihood), lesson 09 (the MNIST flow-matching model) for
 # section 6.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.5 min · GPU standard: not measured yet · smoke ≈ 20 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.9 min · GPU standard: not measured yet · smoke ≈ 14 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, and lesson 09's checkpoint `fm_mnist_<profile>.pt` (the standard profile's ships with
 # the course; in other profiles it is trained if no earlier run saved it). **Trains:** a RealNVP on eight
@@ -383,7 +383,7 @@ claim("RealNVP samples off the modes minus the data's (share of points)",
       off_mode["RealNVP (inverse)"] - off_mode["held-out data"], at_least={"standard": 0.0},
       at_most={"standard": 0.3})
 fig = plotting.scatter_grid({"held-out data": held[:2000], **{k: v[:2000] for k, v in samples_2d.items()}}, cols=2)
-fig.update_layout(title="eight Gaussians: held-out data and the samples of each sampler", margin=dict(t=70))
+fig.update_layout(title="Eight Gaussians: data and samples", margin=dict(t=70))
 
 # %% [markdown]
 # The cell prints the evaluations and the median milliseconds of each sampler: the coupling flow is the
