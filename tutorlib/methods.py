@@ -35,7 +35,6 @@ from tutorlib.ddpm import DDPMSchedule, ddim_sample
 from tutorlib.device import Profile
 from tutorlib.fewstep import Shortcut, TwoTimePatchUNet, fewstep_sample
 from tutorlib.guidance import drop_labels
-from tutorlib.losses import cfm_loss
 from tutorlib.paths import CondOTPath
 from tutorlib.recipes import MNISTRecipe, sample_digits, sample_times
 from tutorlib.reflow import distill_loss, reflow_loss
@@ -276,7 +275,7 @@ def train_small_fm(images: Tensor, labels: Tensor, recipe: MNISTRecipe, *, ot: b
     Returns:
         ``(model, history)``: the EMA weights (eval mode, NCHW) and the history.
     """
-    from tutorlib.recipes import mnist_fm_batches
+    from tutorlib.recipes import mnist_fm_batches, mnist_fm_loss
 
     net = recipe.build_model(seed=seed).to(device)
     gen = torch.Generator().manual_seed(seed + 1)
@@ -284,11 +283,7 @@ def train_small_fm(images: Tensor, labels: Tensor, recipe: MNISTRecipe, *, ot: b
     batches = make(images, labels, recipe.replace(channels_last=False), generator=gen, device=device,
                    null_class=net.null_class)
 
-    def loss_fn(m: nn.Module, batch) -> Tensor:
-        x_0, x_1, t, y = batch
-        return cfm_loss(m, _PATH, x_0, x_1, t, y=y)
-
-    hist = train(net, loss_fn, batches, recipe.train_config(progress=progress, desc="OT-FM" if ot else "FM"))
+    hist = train(net, mnist_fm_loss, batches, recipe.train_config(progress=progress, desc="OT-FM" if ot else "FM"))
     if hist.ema is not None:
         hist.ema.copy_to(net)
     return net.eval(), hist
