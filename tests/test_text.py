@@ -13,7 +13,7 @@ from tutorlib.discrete import MixturePath, discrete_euler
 from tutorlib.schedulers import CondOTScheduler
 from tutorlib.text import (VOCAB, VOCAB_SIZE, CharTransformer, TextRecipe, autoregressive_nll, autoregressive_sample,
                            bits_per_char, decode, encode, fit_bigram, heldout_elbo, heldout_windows, load_corpus,
-                           normalise, random_windows, train_text_model)
+                           normalise, random_windows, rotary, train_text_model)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -155,6 +155,43 @@ def test_transformer_shapes_and_what_each_position_sees():
         causal(torch.zeros(1, 13, dtype=torch.int64))
     with pytest.raises(ValueError, match="multiple"):
         CharTransformer(d_model=30, n_heads=4)
+
+
+def test_rotary_scores_depend_on_the_offset_only_and_norms_are_kept():
+    q = torch.randn(1, 1, 1, 8, generator=gen(2)).expand(1, 1, 10, 8)  # the same query at every position
+    k = torch.randn(1, 1, 1, 8, generator=gen(3)).expand(1, 1, 10, 8)
+    rq, rk = rotary(q), rotary(k)
+    torch.testing.assert_close(rq.norm(dim=-1), q.norm(dim=-1))  # a rotation
+    torch.testing.assert_close(rq[..., 0, :], q[..., 0, :])  # position 0 is not rotated
+    scores = (rq[0, 0] @ rk[0, 0].T)  # (10, 10): <R_p q, R_p' k>
+    for offset in (-3, 0, 2):
+        diag = torch.diagonal(scores, offset)
+        torch.testing.assert_close(diag, diag[:1].expand_as(diag), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(torch.diagonal(scores, 0)[:1], torch.diagonal(scores, 1)[:1])  # yet the offset matters
+    # by hand, the first pair of features at position 3 turns by the angle 3 (frequency 1)
+    c, s_ = math.cos(3.0), math.sin(3.0)
+    torch.testing.assert_close(rq[0, 0, 3, :2], torch.stack([q[0, 0, 3, 0] * c - q[0, 0, 3, 1] * s_,
+                                                             q[0, 0, 3, 0] * s_ + q[0, 0, 3, 1] * c]))
+
+
+def test_without_rotary_a_bidirectional_model_cannot_tell_positions_apart_except_by_its_embedding():
+    torch.manual_seed(0)
+    plain = CharTransformer(VOCAB_SIZE, VOCAB_SIZE + 1, 12, 16, 1, 2, rope=False)
+    torch.manual_seed(0)
+    rope = CharTransformer(VOCAB_SIZE, VOCAB_SIZE + 1, 12, 16, 1, 2)
+    assert plain.state_dict().keys() == rope.state_dict().keys()  # the rotary embedding has no weights
+    with torch.no_grad():
+        plain.pos.zero_()
+        rope.pos.zero_()
+    x = torch.full((1, 12), 5, dtype=torch.int64)
+    x[0, 3] = 96  # one mask among identical characters
+    t = torch.full((1,), 0.5)
+    with torch.no_grad():
+        a, b = plain(x, t)[0], rope(x, t)[0]
+    # with no position embedding, every unmasked position of the plain model computes the same thing
+    torch.testing.assert_close(a[[0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11]], a[[0] * 11], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(b[2], b[11], atol=1e-4)  # the rotary model knows that 2 is next to the mask, 11 is not
+    assert TextRecipe().rope and not TextRecipe().replace(rope=False).build_model(None).rope
 
 
 def test_autoregressive_nll_is_the_chain_rule_and_sampling_follows_the_generator():
