@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from tutorlib.checkpoints import fingerprint
 from tutorlib.device import profile
 from tutorlib.train import (
     EMA,
@@ -521,3 +522,101 @@ def test_tqdm_disable_turns_the_bar_off_even_in_a_notebook(monkeypatch, capsys, 
     model = nn.Linear(2, 1)
     train(model, _mse, lambda step: (x, y), QUIET.replace(steps=5, progress=True, desc="bar-test"))
     assert ("bar-test" in capsys.readouterr().err) is shown
+
+
+def _noisy_trainer(generator: torch.Generator, calls: list[str], name: str):
+    """Trains a Linear on targets drawn from `generator` (so training advances the shared stream)."""
+    def train_fn(model: nn.Module) -> None:
+        calls.append(name)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        for _ in range(5):
+            x = torch.randn(8, 2, generator=generator)
+            loss = (model(x) - x.sum(1, keepdim=True)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return train_fn
+
+
+def _lesson(directory, calls, *, lr_of_second: float = 0.1):
+    """A miniature lesson: two chained trainings with draws from one generator before, between and after."""
+    from tutorlib.checkpoints import CheckpointChain
+
+    gen = torch.Generator().manual_seed(0)
+    chain = CheckpointChain("mini", "smoke", gen, directory=directory)
+    before = torch.rand(3, generator=gen)
+    torch.manual_seed(1)
+    first = chain("first", _noisy_trainer(gen, calls, "first"), model=nn.Linear(2, 1), config={"steps": 5}).model
+    between = torch.rand(3, generator=gen)
+    torch.manual_seed(2)
+    second_model = nn.Linear(2, 1)
+    second_model.load_state_dict(first.state_dict())  # starts from the first, as a reflow round does
+    second = chain("second", _noisy_trainer(gen, calls, "second"), model=second_model,
+                   config={"steps": 5, "lr": lr_of_second}).model
+    after = torch.rand(3, generator=gen)
+    return chain, (before, between, after), (first.weight.detach().clone(), second.weight.detach().clone())
+
+
+def test_checkpoint_chain_prints_the_same_run_whether_it_trains_or_loads(tmp_path):
+    calls: list[str] = []
+    cold, draws_cold, weights_cold = _lesson(tmp_path, calls)
+    assert calls == ["first", "second"] and cold.loaded == []
+    warm, draws_warm, weights_warm = _lesson(tmp_path, calls)
+    assert calls == ["first", "second"] and warm.loaded == ["first", "second"]  # nothing trained again
+    for a, b in zip(draws_cold + weights_cold, draws_warm + weights_warm):
+        assert torch.equal(a, b)  # the generator continues where training would have left it
+    assert "loaded mini_first_smoke.pt" in warm.runs["first"].describe()
+    assert "steps" in cold.runs["first"].describe() or "trained" in cold.runs["first"].describe()
+    cfg = warm.runs["second"].metadata["config"]
+    assert cfg["after"] == fingerprint(warm.runs["first"].model) and len(cfg["generator_in"]) == 16
+
+
+def test_checkpoint_chain_retrains_what_follows_a_changed_step(tmp_path):
+    calls: list[str] = []
+    _lesson(tmp_path, calls)
+    calls.clear()
+    with pytest.warns(UserWarning, match="config"):
+        chain, _, _ = _lesson(tmp_path, calls, lr_of_second=0.05)  # the second config changed: only it retrains
+    assert calls == ["second"] and chain.loaded == ["first"]
+    # a different generator state before the first training: both retrain, though the configs are equal
+    from tutorlib.checkpoints import CheckpointChain
+
+    calls.clear()
+    gen = torch.Generator().manual_seed(0)
+    torch.rand(4, generator=gen)  # one more draw than the lesson makes before its first training
+    chain = CheckpointChain("mini", "smoke", gen, directory=tmp_path)
+    with pytest.warns(UserWarning, match="config"):
+        run = chain("first", _noisy_trainer(gen, calls, "first"), model=nn.Linear(2, 1), config={"steps": 5})
+    assert not run.loaded and calls == ["first"]
+    with pytest.raises(ValueError, match="already in this chain"):
+        chain("first", _noisy_trainer(gen, calls, "first"), model=nn.Linear(2, 1))
+
+
+def test_a_chained_checkpoint_without_its_generator_state_is_retrained(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    calls: list[str] = []
+    cfg = {"steps": 5}
+    load_or_train("plain", _noisy_trainer(gen, calls, "plain"), model=nn.Linear(2, 1), config=cfg, directory=tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    from tutorlib.checkpoints import save_checkpoint
+    # the same config and generator fingerprint, but no stored state: cannot continue the stream, so train
+    meta = {"config": {**cfg, "generator_in": fingerprint(gen)}, "history": {"complete": True}}
+    save_checkpoint(tmp_path / "nostate.pt", nn.Linear(2, 1), meta)
+    with pytest.warns(UserWarning, match="generator state"):
+        run = load_or_train("nostate", _noisy_trainer(gen, calls, "nostate"), model=nn.Linear(2, 1), config=cfg,
+                            directory=tmp_path, generator=gen)
+    assert not run.loaded and calls == ["plain", "nostate"]
+
+
+def test_fingerprint_sees_every_bit_and_rejects_other_things():
+    a = torch.zeros(3)
+    b = a.clone()
+    b[1] = torch.finfo(torch.float32).tiny  # one bit differs
+    assert fingerprint(a) == fingerprint(a.clone()) != fingerprint(b)
+    assert fingerprint(a) != fingerprint(a.double())  # the dtype counts
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    assert fingerprint(g1) == fingerprint(g2)
+    torch.rand(1, generator=g2)
+    assert fingerprint(g1) != fingerprint(g2)
+    with pytest.raises(TypeError, match="fingerprint takes"):
+        fingerprint([1, 2])

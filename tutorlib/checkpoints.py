@@ -7,8 +7,11 @@ atomically. :mod:`tutorlib.train` re-exports these names for convenience.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 import warnings
@@ -22,12 +25,14 @@ from torch import nn
 from tutorlib.files import atomic_write, check_folder, data_dir, file_sha256, sweep_temporaries, temp_name
 
 __all__ = [
+    "CheckpointChain",
     "LoadOrTrain",
     "checkpoint_dirs",
     "file_sha256",
     "load_checkpoint",
     "load_or_train",
     "load_state",
+    "fingerprint",
     "save_checkpoint",
     "save_state",
     "shipped_checkpoint_dir",
@@ -201,6 +206,40 @@ class LoadOrTrain:
     metadata: dict[str, Any] = field(default_factory=dict)  # the metadata stored with the weights
     result: Any = None  # what train_fn returned (e.g. a TrainHistory), None when loaded
 
+    def describe(self) -> str:
+        """One line for a lesson's output: how it was trained (now, or when the loaded checkpoint was made)."""
+        if not self.loaded:
+            describe = getattr(self.result, "describe", None)
+            return describe() if callable(describe) else f"trained, saved to {self.path.name}"
+        h = self.metadata.get("history") or {}
+        if not h:
+            return f"loaded {self.path.name}"
+        return (f"loaded {self.path.name} ({h.get('steps_done')} steps, {h.get('total_time_s', float('nan')):.1f} s "
+                f"of training when it was made, final loss {h.get('final_loss', float('nan')):.4g})")
+
+
+def fingerprint(*items: nn.Module | torch.Tensor | torch.Generator) -> str:
+    """A short sha256 (16 hex digits) of the exact bits of models (their state dicts), tensors or generator states.
+
+    Used in the ``config`` of :func:`load_or_train` to say what a training started from, so a checkpoint made
+    from other inputs is not loaded in their place.
+    """
+    h = hashlib.sha256()
+    for item in items:
+        if isinstance(item, torch.Generator):
+            tensors = [("generator", item.get_state())]
+        elif isinstance(item, nn.Module):
+            tensors = sorted(item.state_dict().items())
+        elif isinstance(item, torch.Tensor):
+            tensors = [("tensor", item)]
+        else:
+            raise TypeError(f"fingerprint takes models, tensors and generators, got {type(item).__name__}")
+        for key, t in tensors:
+            t = t.detach().cpu().contiguous()
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
 
 def load_or_train(
     name: str,
@@ -210,6 +249,7 @@ def load_or_train(
     config: dict[str, Any] | None = None,
     directory: str | os.PathLike | None = None,
     retrain: bool = False,
+    generator: torch.Generator | None = None,
 ) -> LoadOrTrain:
     """Load ``<name>.pt`` if a verified, matching checkpoint exists; otherwise train and save it.
 
@@ -230,11 +270,18 @@ def load_or_train(
             and compared on load.
         directory: look and save only here (tests, experiments).
         retrain: ignore existing checkpoints and train.
+        generator: the generator ``train_fn`` draws from, when the code around it draws from it too (a
+            lesson's one seeded generator). Its state before training joins ``config`` (a checkpoint made at
+            another point of the stream is another model), its state after training is stored with the
+            weights, and loading restores it: the draws that follow are the same whether the model was
+            trained or loaded.
 
     Returns:
         A :class:`LoadOrTrain` with the model (eval mode), whether it was loaded, the path,
         the metadata and ``train_fn``'s return value.
     """
+    if generator is not None:
+        config = {**(config or {}), "generator_in": fingerprint(generator)}
     config_plain = json.loads(json.dumps(config, default=str)) if config is not None else None
     search = [Path(directory)] if directory is not None else checkpoint_dirs()
     if not retrain:
@@ -260,12 +307,23 @@ def load_or_train(
                     f"checkpoint {path} was made with config {meta.get('config')} but {config_plain} was asked for; "
                     f"training {name!r} instead.", stacklevel=2)
                 continue
+            state_after = None
+            if generator is not None:
+                try:
+                    state_after = torch.frombuffer(bytearray(base64.b64decode(meta["generator_out"])),
+                                                   dtype=torch.uint8).clone()
+                except (KeyError, TypeError, ValueError) as err:
+                    warnings.warn(f"checkpoint {path} has no stored generator state ({err!r}); training {name!r} "
+                                  "instead.", stacklevel=2)
+                    continue
             try:
                 model.load_state_dict(ckpt["state_dict"])
             except (RuntimeError, TypeError, KeyError, AttributeError, ValueError) as err:
                 warnings.warn(f"checkpoint {path} does not fit the model ({err}); training {name!r} instead.",
                               stacklevel=2)
                 continue
+            if state_after is not None:
+                generator.set_state(state_after)
             model.eval()
             return LoadOrTrain(model=model, loaded=True, path=path, metadata=meta)
     result = train_fn(model)
@@ -275,6 +333,8 @@ def load_or_train(
     summary = getattr(result, "summary", None)  # a TrainHistory records its training summary
     if callable(summary):
         meta["history"] = summary()
+    if generator is not None:
+        meta["generator_out"] = base64.b64encode(generator.get_state().numpy().tobytes()).decode("ascii")
     target = (Path(directory) if directory is not None else data_dir() / "checkpoints") / f"{name}.pt"
     try:
         save_checkpoint(target, model, meta)
@@ -283,3 +343,51 @@ def load_or_train(
                       stacklevel=2)
     meta = json.loads(json.dumps(meta, default=str))
     return LoadOrTrain(model=model, loaded=False, path=target, metadata=meta, result=result)
+
+
+class CheckpointChain:
+    """The trainings of one lesson, in order, each through :func:`load_or_train` with the lesson's generator.
+
+    A lesson that draws everything from one seeded generator and trains several models, each from the ones
+    before (reflow rounds, distillation), calls the chain once per model. Every checkpoint's config holds
+    the lesson's ``config`` for it, the generator's state before it (:func:`load_or_train`'s ``generator``)
+    and the :func:`fingerprint` of the weights the chain returned before it; so a checkpoint is loaded only
+    where training would have made it from the same inputs, and a lesson run with shipped checkpoints prints
+    what the same run without them prints (but the times).
+
+    Args:
+        prefix: the checkpoints' names are ``f"{prefix}_{slug}_{profile_name}"`` (e.g. ``"l06"``), where the
+            slug is the training's name in lower case with every run of other characters than letters and
+            digits made one ``_`` (``"2-RF, U-shaped t"`` -> ``"2_rf_u_shaped_t"``).
+        profile_name: the run-size profile (``P.name``).
+        generator: the lesson's generator.
+        directory: passed to :func:`load_or_train` (tests); ``None`` searches the usual folders.
+    """
+
+    def __init__(self, prefix: str, profile_name: str, generator: torch.Generator, *,
+                 directory: str | os.PathLike | None = None):
+        if not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        self.prefix, self.profile_name, self.generator, self.directory = prefix, profile_name, generator, directory
+        self.previous: str | None = None  # fingerprint of the weights the chain returned last
+        self.runs: dict[str, LoadOrTrain] = {}
+
+    def __call__(self, name: str, train_fn: Callable[[nn.Module], Any], *, model: nn.Module,
+                 config: dict[str, Any] | None = None, retrain: bool = False) -> LoadOrTrain:
+        """Load or train ``model`` (see :func:`load_or_train`); ``train_fn`` draws from the chain's generator."""
+        if name in self.runs:
+            raise ValueError(f"{name!r} is already in this chain; give every training its own name")
+        slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        if not slug:
+            raise ValueError(f"the name {name!r} has no letters or digits to name its checkpoint file by")
+        full = {**(config or {}), "after": self.previous}
+        run = load_or_train(f"{self.prefix}_{slug}_{self.profile_name}", train_fn, model=model, config=full,
+                            directory=self.directory, retrain=retrain, generator=self.generator)
+        self.previous = fingerprint(run.model)
+        self.runs[name] = run
+        return run
+
+    @property
+    def loaded(self) -> list[str]:
+        """The names whose weights came from checkpoints."""
+        return [name for name, run in self.runs.items() if run.loaded]
