@@ -33,12 +33,14 @@
 # **Prerequisites:** lesson 03 (the linear path, the CFM loss, Euler sampling, `ode_solve`); lesson 00
 # (energy distance and its noise floor). Lesson 05 (couplings, straight and crossing paths) helps.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 8.5 min · GPU standard: not measured yet · smoke ≈ 45 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.9 min · GPU standard: not measured yet · smoke ≈ 19 s. The last cell prints this run's time.
 #
-# **Loads:** nothing. **Trains:** on the checkerboard, the 1-rectified flow (`P.steps_2d` steps); then,
-# for a third of `P.steps_2d` steps each: the 2- and 3-rectified flows, two distilled one-step models,
-# three 2-rectified flows with the seed papers' training improvements and one on data-side pairs
-# (exercise 3).
+# **Loads:** in the standard profile, the checkpoints the training code below made
+# (`data/checkpoints/l06_*_standard.pt`, through `tutorlib.checkpoints.CheckpointChain`: each is loaded only
+# where training would start from the same inputs, and the run prints what training prints). **Trains:**
+# otherwise, on the checkerboard, the 1-rectified flow (`P.steps_2d` steps); then, for a third of
+# `P.steps_2d` steps each: the 2- and 3-rectified flows, two distilled one-step models, three 2-rectified
+# flows with the seed papers' training improvements and one on data-side pairs (exercise 3).
 
 # %% [markdown]
 # ## Setup
@@ -60,6 +62,7 @@ from tutorlib.paths import CondOTPath
 from tutorlib.reflow import (UShapedTime, UniformTime, distill_loss, one_step, pair_batches, reflow_loss,
                              transport_cost)
 from tutorlib.solvers import ode_solve, reflow_coupling
+from tutorlib.checkpoints import CheckpointChain
 from tutorlib.train import TrainConfig, batch_sampler, train
 from tutorlib.widgets import choice_explorer
 
@@ -69,6 +72,9 @@ threads = set_threads()
 gen = seed_everything(0)
 P = profile()
 print(f"torch {torch.__version__} on {device} ({threads} CPU threads); profile {P.name!r}")
+# every model of this lesson is trained here, or loaded from the checkpoint this code made (standard profile:
+# shipped in data/checkpoints); the generator then continues where training would have left it
+trained = CheckpointChain("l06", P.name, gen)
 
 # %% [markdown]
 # Sizes, all from the profile: the 1-rectified flow trains for `P.steps_2d` steps, every later round
@@ -132,12 +138,18 @@ def fm_loss_fn(model, x_1):
     return cfm_loss(model, path, x_0, x_1, t)
 
 
+def train_1rf(model):
+    hist = train(model, fm_loss_fn, lambda step: data.checkerboard(P.batch_2d, generator=gen, device=device),
+                 cfg.replace(desc="1-RF"))
+    hist.ema.copy_to(model)  # keep the EMA weights
+    return hist
+
+
 model = TimeMLP.from_profile(P).to(device)
 print(f"TimeMLP: {count_parameters(model):,} parameters; {cfg.steps} steps, batch {P.batch_2d}")
-hist = train(model, fm_loss_fn, lambda step: data.checkerboard(P.batch_2d, generator=gen, device=device),
-             cfg.replace(desc="1-RF"))
-print(f"1-RF: {hist.describe()}")
-flows = {"1-RF": hist.ema_model}  # the flows of every round, EMA weights
+run = trained("1-RF", train_1rf, model=model, config={"steps": cfg.steps, "batch": P.batch_2d})
+print(f"1-RF: {run.describe()}")
+flows = {"1-RF": run.model}  # the flows of every round, EMA weights
 
 one = euler(flows["1-RF"], 1)(x0_big)  # (M, 2) one Euler step from the fixed noise
 spread = float(one.std(0).norm() / held.std(0).norm())
@@ -241,12 +253,17 @@ print("from-scratch pairs, batches and loss agree with reflow_coupling, pair_bat
 # %%
 def train_round(pairs, init, desc, times=UniformTime(), huber=None):
     """One reflow round: `reflow_steps` steps on the fixed `pairs`, from a copy of `init`'s weights."""
-    model = copy.deepcopy(init).requires_grad_(True)
-    batches = pair_batches(pairs, P.batch_2d, generator=torch.Generator().manual_seed(2), times=times)
-    hist = train(model, lambda m, b: reflow_loss(m, path, *b, huber=huber), batches,
-                 cfg.replace(steps=reflow_steps, desc=desc))
-    print(f"{desc}: {hist.describe()}")
-    return hist.ema_model
+    def train_fn(model):
+        batches = pair_batches(pairs, P.batch_2d, generator=torch.Generator().manual_seed(2), times=times)
+        hist = train(model, lambda m, b: reflow_loss(m, path, *b, huber=huber), batches,
+                     cfg.replace(steps=reflow_steps, desc=desc))
+        hist.ema.copy_to(model)
+        return hist
+
+    run = trained(desc, train_fn, model=copy.deepcopy(init).requires_grad_(True),
+                  config={"steps": reflow_steps, "pairs": len(pairs.x_0), "times": repr(times), "huber": huber})
+    print(f"{desc}: {run.describe()}")
+    return run.model
 
 
 couplings = {"1-RF": pairs}  # the pairs each flow generated
@@ -340,12 +357,17 @@ claim("transport cost: 2-RF's pairs / 1-RF's pairs", cost["2-RF's pairs"] / cost
 # %%
 def distil(teacher, pairs, desc):
     """A one-step student: `reflow_steps` steps of distill_loss on the teacher's pairs, from its weights."""
-    student = copy.deepcopy(teacher).requires_grad_(True)
-    hist = train(student, lambda m, b: distill_loss(m, *b),
-                 batch_sampler(*pairs, batch_size=P.batch_2d, generator=torch.Generator().manual_seed(3)),
-                 cfg.replace(steps=reflow_steps, desc=desc))
-    print(f"{desc}: {hist.describe()}")
-    return hist.ema_model
+    def train_fn(student):
+        hist = train(student, lambda m, b: distill_loss(m, *b),
+                     batch_sampler(*pairs, batch_size=P.batch_2d, generator=torch.Generator().manual_seed(3)),
+                     cfg.replace(steps=reflow_steps, desc=desc))
+        hist.ema.copy_to(student)
+        return hist
+
+    run = trained(desc, train_fn, model=copy.deepcopy(teacher).requires_grad_(True),
+                  config={"steps": reflow_steps, "pairs": len(pairs[0])})
+    print(f"{desc}: {run.describe()}")
+    return run.model
 
 
 students = {"distilled 2-RF": distil(flows["2-RF"], couplings["2-RF"], "distil 2-RF"),

@@ -35,12 +35,15 @@
 # lesson 01 (DDPM's samplers). Lessons 05 (minibatch OT) and 06 (reflow, distillation) explain two of the
 # baselines in depth; this lesson trains small versions of them with the library.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 11.5 min · GPU standard: not measured yet · smoke ≈ 47 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.2 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
 #
 # **Loads:** the committed bench results of minibatch-OT flow matching (`bench/results/fm2d-standard.json`),
-# for one row of the closing table. **Trains:** on eight Gaussians, a flow-matching `TimeMLP`, a DDPM
-# epsilon-model, a MeanFlow and a shortcut `TwoTimeMLP` (`P.steps_2d` steps each), a 2-rectified flow and
-# a one-step distilled generator (`P.steps_2d // 2` steps each).
+# for one row of the closing table, and, in the standard profile, the checkpoints the training code below
+# made (`data/checkpoints/l07_*_standard.pt`, through `tutorlib.checkpoints.CheckpointChain`: each is loaded
+# only where training would start from the same inputs, and the run prints what training prints).
+# **Trains:** otherwise, on eight Gaussians, a flow-matching `TimeMLP`, a DDPM epsilon-model, a MeanFlow
+# and a shortcut `TwoTimeMLP` (`P.steps_2d` steps each), a 2-rectified flow and a one-step distilled
+# generator (`P.steps_2d // 2` steps each).
 
 # %% [markdown]
 # ## Setup
@@ -66,6 +69,7 @@ from tutorlib.paths import CondOTPath, gmm_marginal_velocity
 from tutorlib.reflow import distill_loss, pair_batches, reflow_loss
 from tutorlib.solvers import (bellman_grid, euler_jump_costs, fit_time_grid, ode_solve, optimal_time_grid,
                               power_time_grid, reflow_coupling, steps_for_nfe)
+from tutorlib.checkpoints import CheckpointChain
 from tutorlib.train import TrainConfig, train
 from tutorlib.widgets import choice_explorer
 
@@ -75,6 +79,9 @@ threads = set_threads()
 gen = seed_everything(0)
 P = profile()
 print(f"torch {torch.__version__} on {device} ({threads} CPU threads); profile {P.name!r}")
+# every model of this lesson is trained here, or loaded from the checkpoint this code made (standard profile:
+# shipped in data/checkpoints); the generator then continues where training would have left it
+trained = CheckpointChain("l07", P.name, gen)
 
 # %% [markdown]
 # ## 1. How accurate is a solver?
@@ -118,11 +125,16 @@ def data_batch(step):
     return data.eight_gaussians(P.batch_2d, generator=gen, device=device)  # (B, 2)
 
 
+def train_fm(model):
+    hist = train(model, fm_loss, data_batch, cfg.replace(desc="flow matching"))
+    hist.ema.copy_to(model)  # keep the EMA weights
+    return hist
+
+
 fm = TimeMLP.from_profile(P).to(device)
 print(f"TimeMLP: {count_parameters(fm):,} parameters; {cfg.steps} steps, batch {P.batch_2d}")
-hist_fm = train(fm, fm_loss, data_batch, cfg.replace(desc="flow matching"))
-hist_fm.ema.copy_to(fm)
-print(f"trained: {hist_fm.describe()}")
+run = trained("fm", train_fm, model=fm, config={"steps": cfg.steps, "batch": P.batch_2d})
+print(f"flow matching: {run.describe()}")
 
 # %% [markdown]
 # First the step itself, from scratch: a loop over the stages of a tableau. The cell checks that it
@@ -492,11 +504,15 @@ def objective_loss(objective):
 shortcut = Shortcut()
 fewstep_models = {}
 for name, objective in {"MeanFlow": meanflow, "shortcut": shortcut}.items():
+    def train_fewstep(model, objective=objective, name=name):
+        hist = train(model, objective_loss(objective), pair_batch, cfg.replace(desc=name))
+        hist.ema.copy_to(model)
+        return hist
+
     model = TwoTimeMLP.from_profile(P).to(device)
-    hist = train(model, objective_loss(objective), pair_batch, cfg.replace(desc=name))
-    hist.ema.copy_to(model)
-    fewstep_models[name] = model
-    print(f"{name}: {count_parameters(model):,} parameters; {hist.describe()}")
+    run = trained(name, train_fewstep, model=model, config={"steps": cfg.steps, "objective": repr(objective)})
+    fewstep_models[name] = run.model
+    print(f"{name}: {count_parameters(model):,} parameters; {run.describe()}")
 
 # %% [markdown]
 # How good are one, two and four jumps? The cell scores each model's samples (energy distance over the
@@ -550,19 +566,29 @@ rf2 = copy.deepcopy(fm).requires_grad_(True)
 
 
 # lesson 06's library: batches of fixed pairs with fresh times, the flow-matching loss on them, distillation
-hist = train(rf2, lambda m, b: reflow_loss(m, path, *b), pair_batches(pairs_1, P.batch_2d, generator=gen),
-             cfg.replace(steps=P.steps_2d // 2, desc="2-rectified flow"))
-hist.ema.copy_to(rf2)
-print(f"2-rectified flow on {len(pairs_1.x_0)} pairs: {hist.describe()}")
+def train_rf2(model):
+    hist = train(model, lambda m, b: reflow_loss(m, path, *b), pair_batches(pairs_1, P.batch_2d, generator=gen),
+                 cfg.replace(steps=P.steps_2d // 2, desc="2-rectified flow"))
+    hist.ema.copy_to(model)
+    return hist
+
+
+rf2 = trained("rf2", train_rf2, model=rf2, config={"steps": P.steps_2d // 2, "pairs": len(pairs_1.x_0)}).model
+print(f"2-rectified flow on {len(pairs_1.x_0)} pairs: {trained.runs['rf2'].describe()}")
 
 pairs_2 = reflow_coupling(rf2, data.gaussian(8 * P.batch_2d, generator=gen, device=device), steps=100)
 distilled = copy.deepcopy(rf2).requires_grad_(True)
 
 
-hist = train(distilled, lambda m, b: distill_loss(m, b[0], b[1]),  # one step from t = 0 lands on 2-RF's sample
-             pair_batches(pairs_2, P.batch_2d, generator=gen), cfg.replace(steps=P.steps_2d // 2, desc="distillation"))
-hist.ema.copy_to(distilled)
-print(f"distilled one-step generator: {hist.describe()}")
+def train_distilled(model):
+    hist = train(model, lambda m, b: distill_loss(m, b[0], b[1]),  # one step from t = 0 lands on 2-RF's sample
+                 pair_batches(pairs_2, P.batch_2d, generator=gen), cfg.replace(steps=P.steps_2d // 2, desc="distillation"))
+    hist.ema.copy_to(model)
+    return hist
+
+
+distilled = trained("distilled", train_distilled, model=distilled, config={"steps": P.steps_2d // 2}).model
+print(f"distilled one-step generator: {trained.runs['distilled'].describe()}")
 
 few["2-rectified flow, Euler"] = {K: score(from_noise(lambda x, K=K: ode_solve(rf2, x, steps=K).x)) for K in JUMPS}
 few["distilled (1 step)"] = {1: score(from_noise(lambda x: ode_solve(distilled, x, steps=1).x))}
@@ -604,10 +630,15 @@ def ddpm_batch(step):
     return x_data, k, torch.randn(x_data.shape, generator=gen).to(device)
 
 
+def train_ddpm(model):
+    hist = train(model, lambda m, b: ddpm_loss(m, schedule, *b), ddpm_batch, cfg.replace(desc="DDPM"))
+    hist.ema.copy_to(model)
+    return hist
+
+
 eps_model = TimeMLP.from_profile(P).to(device)
-hist = train(eps_model, lambda m, b: ddpm_loss(m, schedule, *b), ddpm_batch, cfg.replace(desc="DDPM"))
-hist.ema.copy_to(eps_model)
-print(f"DDPM epsilon-model: {hist.describe()}")
+eps_model = trained("ddpm", train_ddpm, model=eps_model, config={"steps": cfg.steps, "T": schedule.T}).model
+print(f"DDPM epsilon-model: {trained.runs['ddpm'].describe()}")
 
 # %%
 NFE_TABLE = (1, 2, 4, 8, 16, 32, 64)

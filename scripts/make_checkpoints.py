@@ -10,8 +10,9 @@ label-conditional DDPM (:func:`tutorlib.recipes.load_or_train_mnist_ddpm`). A ch
 matches its configuration is loaded and left alone unless ``--retrain``. ``lesson10`` runs lesson 10 itself
 (the claims command, in the profile, with an empty ``TUTORLIB_DATA_DIR``) and keeps the checkpoints its own
 ``load_or_train`` calls wrote: ``dfm_mnist_PROFILE`` (the binarised-MNIST posterior) and
-``dfm_text_{mask,uniform,autoregressive}_PROFILE`` (the character models); ``appendixA`` runs appendix A the
-same way and keeps ``a_{reflow,distilled,shortcut,fm_small,otfm_small}_PROFILE``. Record the printed command,
+``dfm_text_{mask,uniform,autoregressive}_PROFILE`` (the character models); ``lesson06`` and ``lesson07`` run
+those lessons the same way and keep their 2D models (``l06_*_PROFILE``, ``l07_*_PROFILE``, made by each lesson's
+``CheckpointChain``); ``appendixA`` runs appendix A the same way and keeps ``a_{reflow,distilled,shortcut,fm_small,otfm_small}_PROFILE``. Record the printed command,
 time and sha256 in data/checkpoints/README.md.
 """
 
@@ -38,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     from tutorlib.recipes import MNISTRecipe, load_or_train_mnist_ddpm, load_or_train_mnist_fm
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist", "lesson10", "appendixA"])
+    ap.add_argument("names", nargs="+", choices=["fm_mnist", "ddpm_mnist", "lesson06", "lesson07", "lesson10",
+                                                    "appendixA"])
     ap.add_argument("--profile", default="standard")
     ap.add_argument("--out", type=Path, default=None, help="folder to write to (default: data/checkpoints)")
     ap.add_argument("--retrain", action="store_true")
@@ -50,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or shipped_checkpoint_dir()
     for name in args.names:
         start = time.perf_counter()
+        if name in ("lesson06", "lesson07"):
+            stem = {"lesson06": "06_rectified_flow", "lesson07": "07_solvers"}[name]
+            _lesson_checkpoints(stem, f"l{name[-2:]}_", P.name, out, args.retrain, threads)
+            continue
         if name == "lesson10":
             _lesson_checkpoints("10_discrete", "dfm_", P.name, out, args.retrain, threads)
             continue

@@ -117,3 +117,19 @@ def test_a_plain_wheel_install_works_outside_the_checkout(tmp_path, mnist_source
     env.update(TUTORLIB_MNIST_MIRROR=str(mnist_source), TUTORLIB_DATA_DIR=str(tmp_path / "cache"))
     out = subprocess.run([str(py), "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_shipped_checkpoint_is_documented_with_its_sha256():
+    folder = Path(__file__).resolve().parents[1] / "data" / "checkpoints"
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    for pt in sorted(folder.glob("*.pt")):
+        side = pt.with_suffix(".sha256")
+        assert side.is_file(), f"{pt.name} has no sidecar {side.name}"
+        digest = side.read_text().split()[0]
+        from tutorlib.files import file_sha256
+
+        assert file_sha256(pt) == digest, f"{pt.name} does not match its sidecar"
+        assert digest in readme, (f"data/checkpoints/README.md does not give {pt.name}'s sha256 {digest[:12]}...: "
+                                  "add its entry (the command that made it, its training time and sha256)")
+        assert pt.stem in readme, f"data/checkpoints/README.md does not name {pt.name}"
+        assert pt.stat().st_size < 4_000_000, f"{pt.name} is {pt.stat().st_size / 1e6:.1f} MB: not a small checkpoint"
