@@ -33,7 +33,7 @@
 # **Prerequisites:** lesson 03 (the linear path, the CFM loss, Euler sampling, `ode_solve`); lesson 00
 # (energy distance and its noise floor). Lesson 05 (couplings, straight and crossing paths) helps.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.9 min · GPU standard: not measured yet · smoke ≈ 19 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 2.5): CPU standard ≈ 3.1 min · GPU standard: not measured yet · smoke ≈ 21 s. The last cell prints this run's time.
 #
 # **Loads:** in the standard profile, the checkpoints the training code below made
 # (`data/checkpoints/l06_*_standard.pt`, through `tutorlib.checkpoints.CheckpointChain`: each is loaded only
@@ -149,7 +149,7 @@ model = TimeMLP.from_profile(P).to(device)
 print(f"TimeMLP: {count_parameters(model):,} parameters; {cfg.steps} steps, batch {P.batch_2d}")
 run = trained("1-RF", train_1rf, model=model, config={"steps": cfg.steps, "batch": P.batch_2d})
 print(f"1-RF: {run.describe()}")
-flows = {"1-RF": run.model}  # the flows of every round, EMA weights
+flows = {"1-RF": run.model.requires_grad_(False)}  # the flows of every round, EMA weights
 
 one = euler(flows["1-RF"], 1)(x0_big)  # (M, 2) one Euler step from the fixed noise
 spread = float(one.std(0).norm() / held.std(0).norm())
@@ -263,7 +263,7 @@ def train_round(pairs, init, desc, times=UniformTime(), huber=None):
     run = trained(desc, train_fn, model=copy.deepcopy(init).requires_grad_(True),
                   config={"steps": reflow_steps, "pairs": len(pairs.x_0), "times": repr(times), "huber": huber})
     print(f"{desc}: {run.describe()}")
-    return run.model
+    return run.model.requires_grad_(False)  # sampled, not trained, from here on
 
 
 couplings = {"1-RF": pairs}  # the pairs each flow generated
@@ -367,7 +367,7 @@ def distil(teacher, pairs, desc):
     run = trained(desc, train_fn, model=copy.deepcopy(teacher).requires_grad_(True),
                   config={"steps": reflow_steps, "pairs": len(pairs[0])})
     print(f"{desc}: {run.describe()}")
-    return run.model
+    return run.model.requires_grad_(False)  # sampled, not trained, from here on
 
 
 students = {"distilled 2-RF": distil(flows["2-RF"], couplings["2-RF"], "distil 2-RF"),
