@@ -364,23 +364,29 @@ READ_CHECKS = r"""(() => {
 })()"""
 
 
-def _full_page_png(tab) -> bytes:
-    """The whole page, top left first: the viewport made as tall as the page (at the window's width), scrolled to
-    the origin, captured, restored. (Capturing beyond the viewport with a clip drew long pages shifted by
-    the current scroll offset, their left edge cut.)"""
+TILE_PX = 8000  # the tallest viewport a page is captured in at once (Chromium draws at most about 16k px)
+
+
+def _full_page_pngs(tab) -> list[bytes]:
+    """The whole page, top to bottom, in tiles of at most ``TILE_PX`` pixels: the viewport made that tall (at the
+    window's width), scrolled to each tile, captured, restored. (Capturing beyond the viewport with a clip drew
+    long pages shifted by the current scroll offset, their left edge cut, and stopped at about 16k pixels.)"""
     tab.evaluate("window.scrollTo(0, 0)")
     metrics = tab.send("Page.getLayoutMetrics")
     width = int((metrics.get("cssLayoutViewport") or metrics["layoutViewport"])["clientWidth"])
     height = int((metrics.get("cssContentSize") or metrics["contentSize"])["height"])
-    tab.send("Emulation.setDeviceMetricsOverride", width=width, height=min(max(height, 1), 16000),
-             deviceScaleFactor=1, mobile=False)
+    tile = min(max(height, 1), TILE_PX)
+    tab.send("Emulation.setDeviceMetricsOverride", width=width, height=tile, deviceScaleFactor=1, mobile=False)
+    shots = []
     try:
         tab.pump(0.3)
-        tab.evaluate("window.scrollTo(0, 0)")
-        data = tab.send("Page.captureScreenshot", format="png")["data"]
+        for top in range(0, max(height, 1), tile):
+            tab.evaluate(f"window.scrollTo(0, {top})")
+            tab.pump(0.1)
+            shots.append(base64.b64decode(tab.send("Page.captureScreenshot", format="png")["data"]))
     finally:
         tab.send("Emulation.clearDeviceMetricsOverride")
-    return base64.b64decode(data)
+    return shots
 
 
 def _screenshot_folder(html: Path) -> Path:
@@ -409,7 +415,9 @@ def test_every_page_reads_as_it_should(site, tab, capsys):
         for kind, items in found.items():
             for item in items[:5]:
                 failures.append(f"{page}: {kind}: {item}")
-        (folder / page.replace("/", "_").replace(".html", ".png")).write_bytes(_full_page_png(tab))
+        stem = page.replace("/", "_").replace(".html", "")
+        for k, png in enumerate(_full_page_pngs(tab)):
+            (folder / (f"{stem}.png" if k == 0 else f"{stem}-{k + 1}.png")).write_bytes(png)
     with capsys.disabled():
         print(f"\nfull-page screenshots of {len(_pages(html))} pages: {folder}")
     assert not failures, "\n".join(failures)
