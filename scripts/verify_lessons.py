@@ -115,7 +115,24 @@ def load_record(path: Path) -> dict:
     return {"schema": SCHEMA, "lessons": {}}
 
 
+def course_totals(record: dict, lessons: list[str]) -> dict:
+    """Per profile key: the whole course's recorded run time (every lesson and appendix, top to bottom, one after
+    another), and which lessons have no passing record there (then the total is a lower bound)."""
+    keys = sorted({key for entry in record["lessons"].values() for key in entry})
+    out = {}
+    for key in keys:
+        runs = {stem: record["lessons"].get(stem, {}).get(key) for stem in lessons}
+        missing = sorted(stem for stem, run in runs.items() if not run or not run.get("passed"))
+        seconds = sum(run["seconds"] for run in runs.values() if run and run.get("passed"))
+        busy = sorted(stem for stem, run in runs.items() if run and (run.get("load") == "busy" or max(
+            run.get("load_average") or [0.0]) > run["machine"]["cores"] + 0.5))  # as the run-time line says
+        out[key] = {"seconds": round(seconds, 1), "lessons": len(lessons) - len(missing), "missing": missing,
+                    "busy": busy}
+    return out
+
+
 def save_record(path: Path, record: dict) -> None:
+    record["totals"] = course_totals(record, [p.stem for p in lesson_sources()])
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
@@ -169,7 +186,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", choices=["idle", "busy"], default="idle")
     ap.add_argument("--no-headers", action="store_true", help="do not rewrite the lessons' run-time lines")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    ap.add_argument("--totals", action="store_true", help="run nothing: recompute and print the course totals")
     args = ap.parse_args(argv)
+    if args.totals:
+        record = load_record(args.record)
+        save_record(args.record, record)
+        for key, total in sorted(record["totals"].items()):
+            print(f"{key}: {total['lessons']} lessons, {_duration(total['seconds'])}"
+                  + (f"; missing {', '.join(total['missing'])}" if total["missing"] else "")
+                  + (f"; measured on a busy machine: {', '.join(total['busy'])}" if total["busy"] else ""))
+        return 0
     sources = lesson_sources()
     if args.lessons:
         sources = [p for p in sources if any(p.stem == k or p.stem.split("_")[0] == k for k in args.lessons)]
@@ -205,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
             entry = record["lessons"].get(path.stem)
             if entry and rewrite_header(path, entry):
                 print(f"[verify] rewrote the run-time line of {path.name}")
+    for key, total in sorted(record.get("totals", {}).items()):
+        gap = f"; no passing record for {', '.join(total['missing'])}" if total["missing"] else ""
+        print(f"[verify] the whole course, {key}: {total['lessons']} lessons in {_duration(total['seconds'])} "
+              f"(the sum of their recorded runs{gap})")
     for stem, profile, error in failures:
         tail = "\n".join((error or "a claim failed").splitlines()[-12:])
         print(f"\n[verify] {stem} FAILED in the {profile} profile:\n{tail}", file=sys.stderr)

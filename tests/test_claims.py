@@ -101,3 +101,26 @@ def test_run_time_line_says_when_the_machine_was_busy():
     busy = verify_lessons.run_time_line({"standard": {**run, "load_average": [4.5, 3.0]}})
     assert "busy with other work, load average 4.5" in busy
     assert "busy" not in verify_lessons.run_time_line({"standard": {k: v for k, v in run.items() if k != "load_average"}})
+
+
+def test_the_record_holds_the_whole_course_total_of_its_runs():
+    """The claims command writes the course's total run time per profile (issue 17's target: every lesson and
+    appendix in the standard profile in at most 30 minutes); it must be the sum of the recorded runs."""
+    stems = [p.stem for p in SOURCES]
+    assert RECORD.get("totals") == verify_lessons.course_totals(RECORD, stems), (
+        "lessons/claims.json's totals are stale: run python scripts/verify_lessons.py --totals")
+    standard = RECORD["totals"]["standard"]
+    assert standard["lessons"] == len(stems) and not standard["missing"]
+    by_hand = sum(RECORD["lessons"][s]["standard"]["seconds"] for s in stems)
+    assert abs(standard["seconds"] - by_hand) < 0.1 * len(stems)
+
+
+def test_course_totals_mark_missing_and_busy_runs():
+    machine = {"cores": 2}
+    record = {"lessons": {"a": {"standard": {"seconds": 10.0, "passed": True, "machine": machine,
+                                             "load_average": [0.1, 0.2]}},
+                          "b": {"standard": {"seconds": 5.0, "passed": False, "machine": machine}},
+                          "c": {"standard": {"seconds": 7.0, "passed": True, "machine": machine,
+                                             "load_average": [2.0, 3.1]}}}}
+    totals = verify_lessons.course_totals(record, ["a", "b", "c", "d"])["standard"]
+    assert totals == {"seconds": 17.0, "lessons": 2, "missing": ["b", "d"], "busy": ["c"]}
