@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             entry = record["lessons"].get(path.stem)
             if entry and rewrite_header(path, entry):
                 print(f"[verify] rewrote the run-time line of {path.name}")
-    for key, total in sorted(record.get("totals", {}).items()):
+    for key, total in sorted(record.get("totals", {}).items() if args.record == RECORD else []):
         gap = f"; no passing record for {', '.join(total['missing'])}" if total["missing"] else ""
         print(f"[verify] the whole course, {key}: {total['lessons']} lessons in {_duration(total['seconds'])} "
               f"(the sum of their recorded runs{gap})")

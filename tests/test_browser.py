@@ -343,6 +343,15 @@ READ_CHECKS = r"""(() => {
   for (const el of article.querySelectorAll('.js-plotly-plot, .course-widget, .cell_output img')) {
     const w = el.getBoundingClientRect().width;
     if (w > column + 2) out.wide.push(`${el.className.toString().split(' ')[0]} ${Math.round(w)} px > ${Math.round(column)} px`);
+    // ... nor sit in a box of the column that scrolls sideways to show them (a scrollbar under the figure)
+    for (let box = el.parentElement; box && box !== article; box = box.parentElement) {
+      const ox = getComputedStyle(box).overflowX;
+      if ((ox === 'auto' || ox === 'scroll') && box.scrollWidth > box.clientWidth + 2) {
+        out.wide.push(`${el.className.toString().split(' ')[0]} ${Math.round(w)} px scrolls in a ` +
+                      `${box.clientWidth} px box (${box.className.toString().split(' ')[0] || box.tagName})`);
+        break;
+      }
+    }
   }
   for (const gd of article.querySelectorAll('.js-plotly-plot')) {
     const title = gd.querySelector('.gtitle'), bar = gd.querySelector('.modebar');

@@ -73,7 +73,7 @@ SAMPLE_COLOR = "#1f77b4"
 ARROW_COLOR = "#d62728"
 
 
-MAX_WIDTH = 700  # pixels: figures fit the book's text column (and a notebook's)
+MAX_WIDTH = 660  # pixels: figures fit the book's cell-output box (676 px in the 1.x theme; tests/test_browser.py checks)
 
 
 def finish(fig: go.Figure, *, title: str | None = None, height: int | None = None, width: int | None = None,
