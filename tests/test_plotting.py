@@ -156,3 +156,11 @@ def test_loss_curve_accepts_lists_arrays_tensors():
     assert fig.layout.yaxis.type == "log"
     with pytest.raises(ValueError):
         plotting.loss_curve([1, 2], [1.0])
+
+
+def test_image_grids_fill_the_column_without_passing_it():
+    for cols in (4, 8, 10, 16, 20, 40):
+        fig = plotting.image_grid(torch.zeros(2 * cols, 1, 28, 28), nrow=cols, title="digits")
+        assert fig.layout.width <= plotting.MAX_WIDTH, (cols, fig.layout.width)
+    ten = plotting.image_grid(torch.zeros(20, 1, 28, 28), nrow=10, title="one class per column")
+    assert ten.layout.width > 0.9 * plotting.MAX_WIDTH  # ten digits across at two screen pixels per pixel

@@ -624,7 +624,7 @@ def image_grid(
     """
     canvas = image_canvas(images, nrow, pad)
     _, _, h, w = images.shape
-    pixel = min(pixel, max(1, (MAX_WIDTH - 60) // canvas.shape[1]))  # fit the column
+    pixel = min(pixel, max(1, (MAX_WIDTH - 50) // canvas.shape[1]))  # fit the column: the figure is W + 50 wide
     text = None
     if labels is not None:
         text = [["" for _ in range(canvas.shape[1])] for _ in range(canvas.shape[0])]
