@@ -30,7 +30,7 @@
 # **Prerequisites:** lesson 09 (class-conditional flow matching on MNIST, classifier-free guidance, the judge's
 # scores); lesson 03 (the CFM loss on the linear path).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.7 min · GPU standard: not measured yet · smoke ≈ 10 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 11 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST and the judge. **Trains:** everything, every run (the training times are what this
 # appendix measures): a convolutional autoencoder (`LatentConfig.ae_steps` steps), four latent flow models
@@ -49,7 +49,6 @@
 import statistics
 import time
 
-import plotly.graph_objects as go
 import torch
 
 from tutorlib import plotting
@@ -510,20 +509,14 @@ pix_x = [r["train_s"] for r in pixel_runs.values()]
 
 
 def cost_figure(key, ylabel, title, ceiling, ceiling_name, log_y=False):
-    fig = go.Figure()
-    fig.add_trace(go.Scatter(x=lat_x, y=[r[key] for r in latent_runs.values()], mode="lines+markers",
-                             name="latent FM (autoencoder included)"))
-    fig.add_trace(go.Scatter(x=pix_x, y=[r[key] for r in pixel_runs.values()], mode="lines+markers",
-                             name="pixel FM (lesson 09's recipe)"))
-    fig.add_hline(y=ceiling, line_dash="dot", annotation_text=ceiling_name, annotation_position="bottom right")
-    fig.add_vline(x=offset, line_dash="dash", line_color="grey", annotation_text="autoencoder + encoding",
-                  annotation_position="top left")
-    fig.update_layout(title=title, xaxis_title="training time on this machine (s)", yaxis_title=ylabel,
-                      width=plotting.MAX_WIDTH, height=400)
-    if log_y:
-        fig.update_yaxes(type="log")
+    fig = plotting.metric_curves({"latent FM (autoencoder included)": (lat_x, [r[key] for r in latent_runs.values()]),
+                                  "pixel FM (lesson 09's recipe)": (pix_x, [r[key] for r in pixel_runs.values()])},
+                                 "training time on this machine (s)", ylabel, floor=ceiling, floor_label=ceiling_name,
+                                 log_x=False, log_y=log_y, title=title, height=400)
+    fig.add_vline(x=offset, line_dash="dash", line_color="grey")
+    fig.add_annotation(x=offset, y=1, yref="paper", text="autoencoder + encoding", showarrow=False, xanchor="right",
+                       yanchor="top", font=dict(color="grey", size=11))
     return fig
-
 
 cost_figure("accuracy", "judge accuracy", f"judge accuracy against training time (w = {recipe.guidance}, "
             f"{recipe.nfe} Euler steps)", acc_recon, "reconstructions")
@@ -533,9 +526,9 @@ cost_figure("frechet", "Fréchet distance (judge features)", "Fréchet distance 
             fd_recon, "reconstructions", log_y=True)
 
 # %% [markdown]
-# In both figures the latent curve starts late: the autoencoder and the encoding come first (the dashed line).
+# In both figures the latent curve starts late: the autoencoder and the encoding come first (the vertical line).
 # The pixel points lie at the two equal-time budgets, the second at about the time of the latent model's last point,
-# and the claims of this section say how far apart the two are there. The dotted line is the reconstructions'
+# and the claims of this section say how far apart the two are there. The horizontal line is the reconstructions'
 # score, which the guided latent samples pass in Fréchet distance (section 6).
 
 # %% [markdown]

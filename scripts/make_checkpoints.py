@@ -12,8 +12,9 @@ matches its configuration is loaded and left alone unless ``--retrain``. ``lesso
 ``load_or_train`` calls wrote: ``dfm_mnist_PROFILE`` (the binarised-MNIST posterior) and
 ``dfm_text_{mask,uniform,autoregressive}_PROFILE`` (the character models); ``lesson06`` and ``lesson07`` run
 those lessons the same way and keep their 2D models (``l06_*_PROFILE``, ``l07_*_PROFILE``, made by each lesson's
-``CheckpointChain``); ``appendixA`` runs appendix A the same way and keeps ``a_{reflow,distilled,shortcut,fm_small,otfm_small}_PROFILE``. Record the printed command,
-time and sha256 in data/checkpoints/README.md.
+``CheckpointChain``); ``appendixA`` runs appendix A the same way and keeps
+``a_{reflow,distilled,shortcut,fm_small,otfm_small}_PROFILE``. Record the printed command, time and sha256 in
+data/checkpoints/README.md.
 """
 
 from __future__ import annotations

@@ -263,3 +263,11 @@ def test_sampler_lands_on_the_guided_point_and_decodes_once(nfe):
     torch.testing.assert_close(decode_latents(decoder, stats, u_1), out)
     with pytest.raises(ValueError, match="u_0 must have shape"):
         sample_latent_digits(model, decoder, stats, y, u_0=u_0[:3])
+
+
+@pytest.mark.parametrize("bad", [(10,), (10, 20, 30), (0, 5), (5.0, 10), [70, 120], (True, 3)])
+def test_pixel_steps_are_two_fixed_step_counts(bad):
+    with pytest.raises(ValueError, match="pixel_steps must be two whole numbers"):
+        LatentConfig(pixel_steps=bad)
+    for name, cfg in LATENT_PRESETS.items():
+        assert len(cfg.pixel_steps) == 2 and cfg.pixel_steps[0] < cfg.pixel_steps[1], name

@@ -103,6 +103,13 @@ class LatentConfig:
     # CPU they take about as long as the latent runs (the appendix measures and claims how close)
     pixel_steps: tuple[int, int] = (70, 120)
 
+    def __post_init__(self):
+        steps = self.pixel_steps
+        if (not isinstance(steps, tuple) or len(steps) != 2
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in steps)):
+            raise ValueError(f"pixel_steps must be two whole numbers >= 1 (the pixel baseline's steps for the latent "
+                             f"flow model alone and for the whole latent pipeline), got {steps!r}")
+
     def replace(self, **changes: Any) -> "LatentConfig":
         """A copy with some fields changed."""
         return dataclasses.replace(self, **changes)
