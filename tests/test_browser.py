@@ -326,7 +326,7 @@ def test_a_slider_moves_its_figure(site, tab, shots, capsys):
 
 
 READ_CHECKS = r"""(() => {
-  const out = {rawTex: [], wide: [], titleUnderModebar: [], emptyFigures: [], progress: []};
+  const out = {rawTex: [], wide: [], titleUnderModebar: [], legendUnderModebar: [], emptyFigures: [], progress: []};
   const article = document.querySelector('article') || document.querySelector('main') || document.body;
   const column = article.getBoundingClientRect().width;
   // raw TeX: a $ or a \command left in the page's prose (not in math, code or cell output)
@@ -359,6 +359,16 @@ READ_CHECKS = r"""(() => {
       const a = title.getBoundingClientRect(), b = bar.getBoundingClientRect();
       const overlap = a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
       if (overlap && b.width > 0) out.titleUnderModebar.push(title.textContent.trim().slice(0, 60));
+    }
+    // the mode bar (shown on hover) must not cover a legend entry either: a reader hovers to read and click it
+    if (bar) {
+      const b = bar.getBoundingClientRect();
+      for (const entry of gd.querySelectorAll('.legend .traces')) {
+        const a = entry.getBoundingClientRect();
+        if (b.width > 0 && a.width > 0 && a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+          out.legendUnderModebar.push(`${entry.textContent.trim().slice(0, 30) || '(entry)'} in ` +
+              `${((gd.layout && gd.layout.title && gd.layout.title.text) || '(untitled)').slice(0, 50)}`);
+      }
     }
     // plotly.py 6 sends arrays as {dtype, bdata} (base64); either form counts when it holds values
     const data = gd.data || [];
@@ -408,7 +418,8 @@ def _screenshot_folder(html: Path) -> Path:
 @pytest.mark.slow
 def test_every_page_reads_as_it_should(site, tab, capsys):
     """What a reader needs, on every page: no raw TeX in the text, figures that fit the column, titles
-    clear of the mode bar, no frozen progress bars, no empty figures; a full-page screenshot of each."""
+    and legend entries clear of the mode bar, no frozen progress bars, no empty figures; a full-page screenshot of
+    each."""
     html, base = site
     folder = _screenshot_folder(html)
     failures = []

@@ -73,6 +73,10 @@ SAMPLE_COLOR = "#1f77b4"
 ARROW_COLOR = "#d62728"
 
 
+# mode-bar buttons a learner does not need here (box and lasso selection, zoom steps): a shorter bar, which stands
+# clear of the legend (zoom, pan, autoscale, reset and download stay)
+MODEBAR_REMOVE = ["select2d", "lasso2d", "zoomIn2d", "zoomOut2d"]
+
 MAX_WIDTH = 660  # pixels: figures fit the book's cell-output box (676 px in the 1.x theme; tests/test_browser.py checks)
 
 
@@ -87,8 +91,13 @@ def finish(fig: go.Figure, *, title: str | None = None, height: int | None = Non
     if title is not None:
         fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=0.98, yanchor="top", font=dict(size=14)))
     margin = fig.layout.margin
-    fig.update_layout(modebar=dict(orientation="v"),
+    fig.update_layout(modebar=dict(orientation="v", remove=MODEBAR_REMOVE),
                       margin=dict(t=max(top if title else 20, margin.t or 0), r=max(40, margin.r or 0)))
+    legend = fig.layout.legend
+    if legend.y is None and legend.orientation is None:
+        # plotly's default legend starts at the top right, where the mode bar appears on hover: start it at the
+        # bottom instead (figures that place their legend themselves keep it)
+        fig.update_layout(legend=dict(x=1.02, xanchor="left", y=0, yanchor="bottom"))
     return fig
 
 
