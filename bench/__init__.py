@@ -117,6 +117,8 @@ CASES: dict[str, Case] = {c.name: c for c in [
          "bench.peers2d"),
     Case("ttq2d", "time to quality: project recipe vs flow_matching's example on equal wall-clock budgets, 4 datasets",
          "bench.ttq", takes_datasets=True),
+    Case("ttq2d_worst", "the worst seed of the project's 2D recipe: ttq2d's loop alone, with a noise floor and scores "
+         "precise enough to rank ratios below 1.5, 4 datasets x 3 seeds", "bench.ttq_worst", takes_datasets=True),
     Case("guidance2d", "classifier-free guidance, CFG-Zero* and classifier guidance: guidance-scale sweeps on "
          "labelled 2D data", "bench.guidance2d"),
     Case("discrete2d", "discrete flow matching on tokenised 2D data: masked vs uniform source, discrete Euler NFE sweep",

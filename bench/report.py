@@ -148,6 +148,21 @@ def _ttq_table(doc: dict[str, Any]) -> list[str]:
             steps = [c[-1]["steps"] for c in doc["ttq"][dataset][recipe].values()]
             out.append(f"| {dataset} | {recipe} | {txt} | {_spread(r['final_x_floor'])} | "
                        f"{sorted(steps)[(len(steps) - 1) // 2]} |")
+    worst = [(dataset, recipe, r["worst_x_floor_from"]) for dataset, recipes in doc["ttq_summary"].items()
+             for recipe, r in recipes.items() if "worst_x_floor_from" in r]
+    if worst:  # the worst seed, and how precisely the floor is known
+        w0 = worst[0][2]
+        out += ["", f"Worst seed: each seed's highest ratio at the snapshots from {_fmt(w0['from_s'])} s of training "
+                    f"on (target: every seed ≤ {_fmt(w0['target'])}× floor to the end of the budget).", "",
+                "| dataset | recipe | per seed | worst | met | floor ± s.e. (s.e. / mean) |", "|---|---|---|---|---|---|"]
+        for dataset, recipe, w in worst:
+            fl = doc["metrics"].get(dataset, {}).get("ttq_floor") or {}
+            se = fl.get("se_over_mean")
+            floor = (f"{_fmt(fl['energy'])} ± {_fmt(fl['energy'] * se)} ({_fmt(se)}, {fl['repeats']} draws)"
+                     if se is not None else "")
+            per_seed = ", ".join("–" if v is None else _fmt(v) for v in w["per_seed"])
+            out.append(f"| {dataset} | {recipe} | {per_seed} | {'–' if w['max'] is None else _fmt(w['max'])} | "
+                       f"{'yes' if w['met'] else 'no'} | {floor} |")
     return out
 
 

@@ -26,6 +26,7 @@ The final samples of each recipe and seed are also stored as the usual entries `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -68,6 +69,11 @@ class TTQConfig:
     peer_depth: int = 4
     peer_batch: int = 4096
     peer_lr: float = 1e-3
+    floor_repeats: int | None = None  # draws behind the noise floor (None: ``repeats``)
+    peer_repeats: int | None = None  # draws behind each peer score (None: ``repeats``)
+    recipes: tuple[str, ...] = ("project", "peer")  # which recipes train
+    worst_x_floor: float = 1.5  # worst-seed target: every seed at most this x the floor ...
+    worst_from_s: float = 10.0  # ... at every snapshot from this training time on
 
 
 TTQ_CONFIGS: dict[str, TTQConfig] = {
@@ -75,6 +81,16 @@ TTQ_CONFIGS: dict[str, TTQConfig] = {
                        depth=2, batch=128, warmup_steps=10, peer_hidden=32, peer_depth=2, peer_batch=256),
     "standard": TTQConfig(budget_s=60.0, snapshots_s=(5.0, 10.0, 20.0, 40.0, 60.0), seeds=3, n=1500, repeats=5),
     "full": TTQConfig(budget_s=60.0, snapshots_s=(5.0, 10.0, 20.0, 40.0, 60.0), seeds=5, n=2000, repeats=10),
+}
+
+# ``ttq2d_worst``: the project recipe alone, every seed scored precisely enough to rank ratios below 1.5 (the
+# energy distance between two draws of n points has a standard deviation of about 0.7 of its mean on these
+# datasets, so 5 draws leave the floor's standard error near 0.3 of its mean: 25 draws bring it under a fifth)
+WORST_CONFIGS: dict[str, TTQConfig] = {
+    "smoke": dataclasses.replace(TTQ_CONFIGS["smoke"], repeats=3, floor_repeats=4, recipes=("project",),
+                                 worst_from_s=0.2),
+    "standard": dataclasses.replace(TTQ_CONFIGS["standard"], repeats=20, floor_repeats=25, recipes=("project",)),
+    "full": dataclasses.replace(TTQ_CONFIGS["full"], repeats=25, floor_repeats=40, recipes=("project",)),
 }
 
 
@@ -142,24 +158,38 @@ def _spread(values: list[float | None]) -> dict[str, Any]:
     return {"median": statistics.median(finite), "min": min(finite), "max": max(finite), "values": values}
 
 
-def summarise(curves: dict[str, dict[str, list[dict[str, Any]]]], target: float) -> dict[str, Any]:
-    """Per recipe: time to first reach ``target`` x floor and the final ratio, medians over seeds."""
+def summarise(curves: dict[str, dict[str, list[dict[str, Any]]]], target: float, worst_from_s: float = 10.0,
+              worst_target: float = 1.5) -> dict[str, Any]:
+    """Per recipe: time to first reach ``target`` x floor and the final ratio, medians over seeds; and the
+    worst seed: each seed's highest ratio at the snapshots from ``worst_from_s`` on, their maximum, and whether
+    every seed stayed at most ``worst_target`` x the floor there."""
     out = {}
     for recipe, by_seed in curves.items():
-        ttt, final = [], []
+        if not by_seed:
+            continue
+        ttt, final, worst = [], [], []
         for curve in by_seed.values():
             hit = [p["train_s"] for p in curve if p["energy_x_floor"] <= target]
             ttt.append(hit[0] if hit else None)
             final.append(curve[-1]["energy_x_floor"])
-        out[recipe] = {"time_to_target_s": _spread(ttt), "final_x_floor": _spread(final)}
+            late = [p["energy_x_floor"] for p in curve if p["train_s"] >= worst_from_s - 1e-9]
+            worst.append(max(late) if late else None)
+        finite = [w for w in worst if w is not None]
+        out[recipe] = {"time_to_target_s": _spread(ttt), "final_x_floor": _spread(final),
+                       "worst_x_floor_from": {"from_s": worst_from_s, "per_seed": worst,
+                                              "max": max(finite) if finite else None,
+                                              "target": worst_target,
+                                              "met": bool(finite) and len(finite) == len(worst)
+                                              and max(finite) <= worst_target}}
     return out
 
 
-def run_case(bp: BenchProfile, seed: int, device: torch.device, datasets: tuple[str, ...] | None = None) -> Run:
-    """Train both recipes on every dataset and seed with snapshots; returns the run."""
-    cfg = TTQ_CONFIGS[bp.name]
+def run_case(bp: BenchProfile, seed: int, device: torch.device, datasets: tuple[str, ...] | None = None, *,
+             cfg: TTQConfig | None = None, case: str = "ttq2d") -> Run:
+    """Train the recipes on every dataset and seed with snapshots; returns the run."""
+    cfg = cfg or TTQ_CONFIGS[bp.name]
     datasets = tuple(datasets) if datasets else FM_DATASETS
-    run = Run("ttq2d", bp, seed, device, datasets)
+    run = Run(case, bp, seed, device, datasets)
     path = CondOTPath()
     try:
         fm_path = import_peer("flow_matching.path")
@@ -187,23 +217,26 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device, datasets: tuple[
         def data_sampler(k, generator=None, draw=draw):
             return draw(k, generator=generator, device=device)
 
+        floor_repeats = cfg.floor_repeats or cfg.repeats
         floor = noise_floor(data_sampler, cfg.n, energy_distance, generator=generator(seed, dataset, "ttq-floor"),
-                            repeats=cfg.repeats)
+                            repeats=floor_repeats)
+        log(f"[{case}] {dataset}: noise floor {floor.mean:.5f}, sd {floor.std:.5f}, standard error "
+            f"{floor.std / floor_repeats ** 0.5 / floor.mean:.2f} of the mean ({floor_repeats} draws of {cfg.n})")
         x_0_final = gaussian(bp.P.n_eval_2d, generator=generator(seed, dataset, "x0_eval")).to(device)  # (n, 2)
         curves: dict[str, dict[str, list]] = {"project": {}, "project-raw": {}, "peer": {}}
         for s in range(seed, seed + cfg.seeds):
 
-            def score(model: nn.Module, tag: str) -> tuple[float, float]:
+            def score(model: nn.Module, tag: str, repeats: int = cfg.repeats) -> tuple[float, float]:
                 def sample_fn(k, generator=None):
                     with torch.no_grad():
                         x = gaussian(k, generator=generator).to(device)  # (k, 2)
                         return ode_solve(model, x, method="euler", steps=cfg.euler_steps).x
 
                 r = model_score(sample_fn, data_sampler, cfg.n, energy_distance, generator=generator(s, dataset, tag),
-                                repeats=cfg.repeats)
+                                repeats=repeats)
                 return r.mean, r.mean / floor.mean
 
-            for recipe in ("project", "peer"):
+            for recipe in cfg.recipes:
                 gen = generator(s, dataset, recipe, "batches")
                 batch = cfg.batch if recipe == "project" else cfg.peer_batch
 
@@ -224,7 +257,7 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device, datasets: tuple[
                         for name, m in (("project", _ema_copy(model, ema)), ("project-raw", model)):
                             e, x = score(m, f"ttq-eval-{name}-{steps}")
                             points[name].append({"train_s": train_s, "steps": steps, "energy": e, "energy_x_floor": x})
-                        log(f"[ttq2d] {dataset} s{s} project {train_s:.1f}s {steps} steps: "
+                        log(f"[{case}] {dataset} s{s} project {train_s:.1f}s {steps} steps: "
                             f"EMA {points['project'][-1]['energy_x_floor']:.2f}x, "
                             f"raw {points['project-raw'][-1]['energy_x_floor']:.2f}x floor")
 
@@ -241,9 +274,9 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device, datasets: tuple[
                     points = {"peer": []}
 
                     def evaluate(train_s, steps, model=model, points=points):
-                        e, x = score(model, f"ttq-eval-peer-{steps}")
+                        e, x = score(model, f"ttq-eval-peer-{steps}", cfg.peer_repeats or cfg.repeats)
                         points["peer"].append({"train_s": train_s, "steps": steps, "energy": e, "energy_x_floor": x})
-                        log(f"[ttq2d] {dataset} s{s} peer {train_s:.1f}s {steps} steps: {x:.2f}x floor")
+                        log(f"[{case}] {dataset} s{s} peer {train_s:.1f}s {steps} steps: {x:.2f}x floor")
 
                     steps, last_loss = train_timed(model, peer_loss, batches, opt, cfg.budget_s, cfg.snapshots_s, evaluate)
                     final = {"peer": model}
@@ -258,9 +291,10 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device, datasets: tuple[
                 run.add_training_record(dataset, f"{recipe}-s{s}", steps=steps, wall_s=last["train_s"],
                                         final_loss=last_loss, stop_reason="time_budget")
         ttq[dataset] = curves
-        summary[dataset] = summarise(curves, cfg.target_x_floor)
+        summary[dataset] = summarise(curves, cfg.target_x_floor, cfg.worst_from_s, cfg.worst_x_floor)
         run.datasets[dataset].extra["ttq_floor"] = {"energy": floor.mean, "std": floor.std, "n": cfg.n,
-                                                     "repeats": cfg.repeats}
+                                                     "repeats": floor_repeats,
+                                                     "se_over_mean": floor.std / floor_repeats ** 0.5 / floor.mean}
     run.extra_versions = ("flow_matching",)
     run.config = {"datasets": list(datasets), "ttq": asdict(cfg), "peer_path": peer_path_name,
                   "recipes": {"project": "TimeMLP, CondOTPath + cfm_loss, AdamW, warm-up + cosine over the time "

@@ -228,6 +228,34 @@ def test_ttq_summary_counts_unreached_targets():
     assert s["time_to_target_s"]["median"] == 10 and s["final_x_floor"]["median"] == 1.5
 
 
+def test_ttq_summary_finds_the_worst_seed():
+    from bench.ttq import summarise
+
+    curve = lambda xs: [{"train_s": t, "steps": 1, "energy_x_floor": x} for t, x in zip((5, 10, 20), xs)]  # noqa: E731
+    s = summarise({"a": {"0": curve((3, 1.2, 1.1)), "1": curve((9, 1.4, 1.6))}}, 2.0, 10.0, 1.5)["a"]
+    w = s["worst_x_floor_from"]
+    assert w["per_seed"] == [1.2, 1.6] and w["max"] == 1.6 and not w["met"]  # the 5 s snapshot does not count
+    ok = summarise({"a": {"0": curve((3, 1.2, 1.1)), "1": curve((9, 1.4, 1.3))}}, 2.0, 10.0, 1.5)["a"]
+    assert ok["worst_x_floor_from"]["met"]
+    assert "a" not in summarise({"a": {}}, 2.0)  # a recipe that did not train
+
+
+def test_ttq2d_worst_scores_the_project_recipe_precisely(smoke, tmp_path):
+    from bench.ttq import TTQ_CONFIGS, WORST_CONFIGS
+
+    doc, out = smoke("ttq2d_worst")
+    cfg = WORST_CONFIGS["smoke"]
+    assert cfg.floor_repeats > TTQ_CONFIGS["smoke"].repeats and cfg.recipes == ("project",)
+    for dataset, curves in doc["ttq"].items():
+        assert not curves["peer"] and len(curves["project"]) == cfg.seeds
+        fl = doc["metrics"][dataset]["ttq_floor"]
+        assert fl["repeats"] == cfg.floor_repeats and 0 < fl["se_over_mean"] < 1
+        w = doc["ttq_summary"][dataset]["project"]["worst_x_floor_from"]
+        assert _finite(w["max"]) and w["max"] == max(w["per_seed"]) and isinstance(w["met"], bool)
+    text = write_report([out], tmp_path / "r.md")
+    assert "Worst seed:" in text and "| checkerboard | project |" in text and "peer" not in text.split("Worst seed:")[1]
+
+
 def test_datasets_subset_only_for_cases_that_take_one(tmp_path):
     with pytest.raises(ValueError, match="dataset subset"):
         run("fm2d", "smoke", out=tmp_path, datasets=("moons",))

@@ -92,3 +92,24 @@ def test_set_threads(monkeypatch):
             dev.set_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_fast_sampling_dtype(monkeypatch):
+    from tutorlib import device as dev
+
+    monkeypatch.delenv("TUTORLIB_SAMPLING_PRECISION", raising=False)
+    assert dev.fast_sampling_dtype("cpu") is None  # float32 unless asked
+    assert dev.fast_sampling_dtype("cpu", "float32") is None
+    assert dev.fast_sampling_dtype("cpu", "bfloat16") is torch.bfloat16
+    monkeypatch.setattr(dev, "_cpu_has_fast_bfloat16", lambda: True)
+    assert dev.fast_sampling_dtype("cpu", "auto") is torch.bfloat16
+    monkeypatch.setattr(dev, "_cpu_has_fast_bfloat16", lambda: False)
+    assert dev.fast_sampling_dtype("cpu", "auto") is None  # emulated bfloat16 would be slower
+    assert dev.fast_sampling_dtype("mps", "auto") is None
+    monkeypatch.setenv("TUTORLIB_SAMPLING_PRECISION", "bfloat16")
+    assert dev.fast_sampling_dtype("cpu") is torch.bfloat16
+    monkeypatch.setenv("TUTORLIB_SAMPLING_PRECISION", "half")
+    with pytest.raises(ValueError, match="TUTORLIB_SAMPLING_PRECISION='half' is not a sampling precision"):
+        dev.fast_sampling_dtype("cpu")
+    with pytest.raises(ValueError, match="precision='fp16'"):
+        dev.fast_sampling_dtype("cpu", "fp16")

@@ -79,7 +79,8 @@ def test_batches_shapes_dropout_and_times():
         mnist_fm_batches(images, labels.float(), recipe, generator=torch.Generator())
 
 
-def test_train_and_sample_end_to_end_tiny():
+def test_train_and_sample_end_to_end_tiny(monkeypatch):
+    monkeypatch.delenv("TUTORLIB_SAMPLING_PRECISION", raising=False)
     images, labels = _fake_mnist(64)
     recipe = MNISTRecipe(base_channels=8, batch=8, steps=5, warmup_steps=2)
     state = torch.random.get_rng_state()
@@ -94,6 +95,14 @@ def test_train_and_sample_end_to_end_tiny():
     out = sample_digits(model, [3, 4, 5], w=2.0, nfe=3, generator=torch.Generator().manual_seed(0))
     again = sample_digits(model, [3, 4, 5], w=2.0, nfe=3, generator=torch.Generator().manual_seed(0))
     assert out.shape == (3, 1, 28, 28) and float(out.abs().max()) <= 1.0 and torch.equal(out, again)
+    x_0 = torch.randn((3, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    exact = sample_digits(model, [3, 4, 5], w=2.0, nfe=3, x_0=x_0, precision="float32")
+    assert torch.equal(exact, out)  # float32 is the default (TUTORLIB_SAMPLING_PRECISION unset)
+    low = sample_digits(model, [3, 4, 5], w=2.0, nfe=3, x_0=x_0, precision="bfloat16")
+    assert low.dtype == torch.float32 and not torch.equal(low, exact)
+    assert (low - exact).abs().mean().item() < 2e-2  # the same digits, to bfloat16's rounding
+    with pytest.raises(ValueError, match="not a sampling precision"):
+        sample_digits(model, [3], precision="fp8")
     with pytest.raises(ValueError, match="class-conditional"):
         train_mnist_fm(recipe, images, labels, model=PatchUNet(1, None, 8), progress=False)
 

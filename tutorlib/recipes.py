@@ -27,12 +27,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from tutorlib.device import Profile
+from tutorlib.device import Profile, fast_sampling_dtype
 from tutorlib.guidance import cfg_velocity, drop_labels
 from tutorlib.losses import cfm_loss
 from tutorlib.models import PatchUNet
 from tutorlib.paths import CondOTPath
-from tutorlib.solvers import ode_solve, steps_for_nfe
+from tutorlib.solvers import ode_solve, reduced_precision, steps_for_nfe
 from tutorlib.train import TrainConfig, TrainHistory, train
 
 __all__ = ["TIME_SAMPLINGS", "MNISTRecipe", "load_or_train_mnist_ddpm", "load_or_train_mnist_fm", "mnist_ddpm_config",
@@ -299,7 +299,7 @@ def load_or_train_mnist_ddpm(recipe: MNISTRecipe, images: Tensor, labels: Tensor
 @torch.no_grad()
 def sample_digits(model: torch.nn.Module, labels: Tensor | list[int], *, w: float = 2.0, nfe: int = 20,
                   generator: torch.Generator | None = None, method: str = "euler", zero_star: bool = False,
-                  x_0: Tensor | None = None) -> Tensor:
+                  x_0: Tensor | None = None, precision: str | None = None) -> Tensor:
     """Generate one digit per label with classifier-free guidance.
 
     Args:
@@ -312,13 +312,17 @@ def sample_digits(model: torch.nn.Module, labels: Tensor | list[int], *, w: floa
         method: a fixed-step :func:`tutorlib.solvers.ode_solve` method.
         zero_star: use CFG-Zero*'s scale (:func:`tutorlib.guidance.cfg_velocity`).
         x_0: starting noise ``(B, 1, 28, 28)`` (default: drawn from ``generator``).
+        precision: the network's precision while sampling: ``"float32"``, ``"bfloat16"``, or
+            ``"auto"`` (bfloat16 where the hardware is fast at it; :func:`tutorlib.device.fast_sampling_dtype`);
+            ``None`` (the default) reads ``TUTORLIB_SAMPLING_PRECISION``, float32 if unset. The state stays float32
+            (:func:`tutorlib.solvers.reduced_precision`).
 
     Returns:
-        Images ``(B, 1, 28, 28)`` clamped to ``[-1, 1]``, on the model's device.
+        Images ``(B, 1, 28, 28)`` clamped to ``[-1, 1]``, on the model's device, float32.
     """
     device = next(model.parameters()).device
     y = torch.as_tensor(labels, dtype=torch.long).to(device)  # (B,)
     if x_0 is None:
         x_0 = torch.randn((y.shape[0], 1, 28, 28), generator=generator).to(device)
-    velocity = cfg_velocity(model, y, w, zero_star=zero_star)
+    velocity = reduced_precision(cfg_velocity(model, y, w, zero_star=zero_star), fast_sampling_dtype(device, precision))
     return ode_solve(velocity, x_0, method=method, steps=steps_for_nfe(method, nfe)).x.clamp(-1.0, 1.0)
