@@ -164,3 +164,18 @@ def test_image_grids_fill_the_column_without_passing_it():
         assert fig.layout.width <= plotting.MAX_WIDTH, (cols, fig.layout.width)
     ten = plotting.image_grid(torch.zeros(20, 1, 28, 28), nrow=10, title="one class per column")
     assert ten.layout.width > 0.9 * plotting.MAX_WIDTH  # ten digits across at two screen pixels per pixel
+
+
+def test_long_titles_wrap_clear_of_the_mode_bar():
+    """A title wider than its figure would run under the mode bar at the right edge (lesson 01's four-column
+    digit grid in the standard build): it is broken onto more lines, and the figure grows to keep its plot."""
+    images = torch.zeros(8, 1, 28, 28)
+    title = "DDPM on MNIST, 3000 training steps: four samples of each digit"
+    fig = plotting.image_grid(images, nrow=4, title=title)
+    short = plotting.image_grid(images, nrow=4, title="four digits")
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) == 2 and " ".join(lines) == title
+    assert all(len(line) * 0.56 * 14 <= fig.layout.width - 60 for line in lines)
+    assert fig.layout.height == short.layout.height + 18 and fig.layout.margin.t == short.layout.margin.t + 18
+    wide = plotting.metric_curves({"a": ([1, 2], [1, 2])}, "x", "y", title="a short title")
+    assert "<br>" not in wide.layout.title.text

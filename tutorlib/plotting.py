@@ -88,17 +88,45 @@ def finish(fig: go.Figure, *, title: str | None = None, height: int | None = Non
         fig.update_layout(width=min(int(width), MAX_WIDTH))
     if height is not None:
         fig.update_layout(height=int(height))
+    extra = 0
     if title is not None:
-        fig.update_layout(title=dict(text=title, x=0.01, xanchor="left", y=0.98, yanchor="top", font=dict(size=14)))
+        # a title wider than the figure would run under the mode bar at the right edge: wrap it onto more lines
+        lines = _wrap(title, (fig.layout.width or MAX_WIDTH) - 60, TITLE_PX)
+        extra = TITLE_LINE_PX * (len(lines) - 1)
+        fig.update_layout(title=dict(text="<br>".join(lines), x=0.01, xanchor="left", y=0.98, yanchor="top",
+                                     font=dict(size=TITLE_PX)))
+        if extra and fig.layout.height:
+            fig.update_layout(height=fig.layout.height + extra)  # the plot keeps its size
     margin = fig.layout.margin
     fig.update_layout(modebar=dict(orientation="v", remove=MODEBAR_REMOVE),
-                      margin=dict(t=max(top if title else 20, margin.t or 0), r=max(40, margin.r or 0)))
+                      margin=dict(t=max(top if title else 20, margin.t or 0) + extra, r=max(40, margin.r or 0)))
     legend = fig.layout.legend
     if legend.y is None and legend.orientation is None:
         # plotly's default legend starts at the top right, where the mode bar appears on hover: start it at the
         # bottom instead (figures that place their legend themselves keep it)
         fig.update_layout(legend=dict(x=1.02, xanchor="left", y=0, yanchor="bottom"))
     return fig
+
+
+TITLE_PX = 14  # font size of figure titles
+TITLE_LINE_PX = 18  # the height of one more title line
+
+
+def _wrap(text: str, width_px: float, font_px: float) -> list[str]:
+    """``text`` broken at spaces into lines of at most about ``width_px`` pixels (0.56 em per character, a
+    generous average for plotly's sans-serif font); a line break already in it (``<br>``) is kept."""
+    per_line = max(10, int(width_px / (0.56 * font_px)))
+    lines = []
+    for part in text.split("<br>"):
+        line = ""
+        for word in part.split(" "):
+            if line and len(line) + 1 + len(word) > per_line:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        lines.append(line)
+    return lines
 
 
 def log_ticks(values) -> dict:
