@@ -179,3 +179,14 @@ def test_long_titles_wrap_clear_of_the_mode_bar():
     assert fig.layout.height == short.layout.height + 18 and fig.layout.margin.t == short.layout.margin.t + 18
     wide = plotting.metric_curves({"a": ([1, 2], [1, 2])}, "x", "y", title="a short title")
     assert "<br>" not in wide.layout.title.text
+
+
+def test_log_ticks_label_in_full_and_show_at_least_three():
+    """1-2-5 ticks, each labelled in full; a narrow range (the Results page's Fréchet panel, 0.6 to 1.5, showed the
+    single tick "1") gets finer steps so that at least three fall inside the data."""
+    wide = plotting.log_ticks([1, 2, 4, 8, 20, 100])
+    assert wide["tickvals"] == [1, 2, 5, 10, 20, 50, 100] and wide["ticktext"][-1] == "100"
+    narrow = plotting.log_ticks([0.62, 0.7, 1.3, 1.45])
+    inside = [t for t in narrow["tickvals"] if 0.62 / 1.1 <= t <= 1.45 * 1.1]
+    assert len(inside) >= 3 and "1.5" in narrow["ticktext"]
+    assert plotting.log_ticks([0, -1, float("nan")]) == {}

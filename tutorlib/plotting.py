@@ -136,8 +136,11 @@ def log_ticks(values) -> dict:
     if not len(v):
         return {}
     lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
-    ticks = [m * 10.0 ** e for e in range(lo - 1, hi + 1) for m in (1, 2, 5)]
-    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):  # finer steps when a narrow range would show one tick
+        ticks = [m * 10.0 ** e for e in range(lo - 1, hi + 1) for m in mantissas]
+        ticks = [float(f"{t:.3g}") for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+        if sum(v.min() / 1.1 <= t <= v.max() * 1.1 for t in ticks) >= 3:  # ticks the axis will actually show
+            break
     if len(ticks) > 8:  # a wide range: powers of ten only
         ticks = [10.0 ** e for e in range(lo, hi + 1) if v.min() / 1.5 <= 10.0 ** e <= v.max() * 1.5]
     return dict(tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
