@@ -153,8 +153,9 @@ choice_explorer({"independent": torch.stack([x0_b, x1_b]), "minibatch OT": torch
 # **Entropic OT.** Relax the permutation to a *plan* $\pi_{ij} \ge 0$ with rows and columns summing to
 # $1/B$, and add an entropy bonus of strength $\varepsilon$:
 #
-# $$\min_\pi \sum_{ij} \pi_{ij} C_{ij} - \varepsilon H(\pi), \qquad H(\pi) = -\sum_{ij} \pi_{ij}(\log \pi_{ij} - 1),
-# \qquad C_{ij} = \lVert x_0^{(i)} - x_1^{(j)} \rVert^2 .$$
+# $$\min_\pi \sum_{ij} \pi_{ij} C_{ij} - \varepsilon H(\pi), \qquad H(\pi) = -\sum_{ij} \pi_{ij}(\log \pi_{ij} - 1),$$
+#
+# $$C_{ij} = \lVert x_0^{(i)} - x_1^{(j)} \rVert^2 .$$
 #
 # Its solution has the form $\pi_{ij} = \exp(u_i + v_j - C_{ij}/\varepsilon)$ (set the derivative of the
 # Lagrangian to zero), and **Sinkhorn's iterations** find the potentials $u, v$ by making the row sums,

@@ -113,8 +113,9 @@ plotting.scatter_2d({f"class {k}": x_held[y_held == k] for k in range(K)},
 # $v_\theta(x, t, y)$, and regress it on lesson 03's target. With **label dropout**, each label is replaced,
 # with probability $p_\text{uncond}$, by an extra *null class* $\varnothing$ (label $K$, `model.null_class`):
 #
-# $$\mathcal L(\theta) = \mathbb E_{t, x_0, (x_1, y)} \left\lVert v_\theta(x_t, t, \tilde y) - (x_1 - x_0) \right\rVert^2,
-# \qquad \tilde y = \begin{cases} \varnothing & \text{with probability } p_\text{uncond} \\ y & \text{otherwise.}\end{cases}$$
+# $$\mathcal L(\theta) = \mathbb E_{t, x_0, (x_1, y)} \left\lVert v_\theta(x_t, t, \tilde y) - (x_1 - x_0) \right\rVert^2,$$
+#
+# $$\tilde y = \begin{cases} \varnothing & \text{with probability } p_\text{uncond} \\ y & \text{otherwise.}\end{cases}$$
 #
 # Lesson 03's argument, applied to each label separately: where the network sees $y$, the minimiser is the
 # marginal velocity of class $y$ alone, $u_t(x \mid y) = \mathbb E[x_1 - x_0 \mid x_t = x, y]$; where it sees

@@ -608,7 +608,9 @@ claim(f"simplex, K = {K_learn}, linear path, 32 NFE: TV of the trained posterior
 # the divergence between the path's own chain towards $x_1$ and the model's chain,
 #
 # $$-\log p_\theta(x_1) \le \int_0^1 \mathbb E_{x_t \sim p_t(\cdot \mid x_1)} \sum_i \frac{\kappa'_t}{1-\kappa_t}
-# \Big[1 - p^\theta(x_t^i) - d_i - d_i \log p^\theta(x_1^i)\Big]\,dt, \qquad d_i = [x_t^i \ne x_1^i],$$
+# \Big[1 - p^\theta(x_t^i) - d_i - d_i \log p^\theta(x_1^i)\Big]\,dt,$$
+#
+# $$d_i = [x_t^i \ne x_1^i],$$
 #
 # with $p^\theta = p^\theta_{1|t}(\cdot \mid x_t)$ (`tutorlib.discrete.mixture_elbo`). For the **masked** source a
 # revealed position costs nothing and a masked one $-\log p^\theta(x_1^i)$: the bound is the cross-entropy of

@@ -96,7 +96,9 @@ print(f"{C.steps} steps at batch {C.batch} per model; {C.n_eval} samples x {C.re
 # form on any manifold: the conditional path runs along the geodesic from $x_0$ to $x_1$ at constant speed,
 #
 # $$x_t = \exp_{x_0}\big(t \log_{x_0} x_1\big), \qquad u_t(x_t \mid x_0, x_1) = \frac{d x_t}{dt}
-# = \frac{\log_{x_t}(x_1)}{1 - t}, \qquad |u_t| = d(x_0, x_1) .$$
+# = \frac{\log_{x_t}(x_1)}{1 - t},$$
+#
+# $$|u_t| = d(x_0, x_1) .$$
 #
 # The velocity is a tangent vector at $x_t$ pointing to $x_1$, whose length is the remaining distance divided
 # by the remaining time. The network $v_\theta(x, t)$ must output tangent vectors too, and is regressed on

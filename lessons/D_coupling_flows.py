@@ -406,9 +406,9 @@ fig.update_layout(title="Eight Gaussians: data and samples", margin=dict(t=70))
 # dequantisation). We model $x = (k + u)/256 \in [0, 1)^D$; a density on $x$ is a density on the pixel
 # cube $[0, 256)^D$ divided by $256^D$. A flow needs an unbounded space, so RealNVP first applies
 #
-# $$y = \mathrm{logit}\big(\alpha + (1 - 2\alpha) x\big), \qquad
-# \log\left|\det \frac{\partial y}{\partial x}\right| = \sum_i \Big[\log(1 - 2\alpha) - \log p_i - \log(1 - p_i)\Big],
-# \quad p_i = \alpha + (1 - 2\alpha) x_i ,$$
+# $$y = \mathrm{logit}\big(\alpha + (1 - 2\alpha) x\big), \qquad p_i = \alpha + (1 - 2\alpha) x_i ,$$
+#
+# $$\log\left|\det \frac{\partial y}{\partial x}\right| = \sum_i \Big[\log(1 - 2\alpha) - \log p_i - \log(1 - p_i)\Big],$$
 #
 # with $\alpha = 0.05$, and the flow models $y$. Putting the pieces together, in **bits per dimension** of
 # the pixel space,

@@ -326,7 +326,7 @@ def test_a_slider_moves_its_figure(site, tab, shots, capsys):
 
 
 READ_CHECKS = r"""(() => {
-  const out = {rawTex: [], wide: [], titleUnderModebar: [], legendUnderModebar: [], emptyFigures: [], progress: []};
+  const out = {rawTex: [], wide: [], wideMath: [], titleUnderModebar: [], legendUnderModebar: [], emptyFigures: [], progress: []};
   const article = document.querySelector('article') || document.querySelector('main') || document.body;
   const column = article.getBoundingClientRect().width;
   // raw TeX: a $ or a \command left in the page's prose (not in math, code or cell output)
@@ -352,6 +352,12 @@ READ_CHECKS = r"""(() => {
         break;
       }
     }
+  }
+  // display equations wider than the column (MathJax gives them a sideways scrollbar: the end is hidden)
+  for (const eq of article.querySelectorAll('mjx-container[display="true"]')) {
+    if (eq.scrollWidth > eq.clientWidth + 2 || eq.getBoundingClientRect().width > column + 2)
+      out.wideMath.push(`${eq.scrollWidth} px in ${eq.clientWidth} px: ` +
+                        (eq.querySelector('mjx-assistive-mml, math') || eq).textContent.trim().slice(0, 50));
   }
   for (const gd of article.querySelectorAll('.js-plotly-plot')) {
     const title = gd.querySelector('.gtitle'), bar = gd.querySelector('.modebar');
