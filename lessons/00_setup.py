@@ -26,7 +26,7 @@
 #
 # **Prerequisites:** Python and a little PyTorch.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 36 s · GPU standard: not measured yet · smoke ≈ 14 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 16 s · GPU standard: not measured yet · smoke ≈ 6 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST (about 11 MB, downloaded once and checked) and the course's MNIST judge
 # classifier (`data/checkpoints/judge_mnist.pt`). **Trains:** nothing.
@@ -170,10 +170,11 @@ candidates = {
     "source N(0, I)": data.gaussian(n, generator=gen),
 }
 ratios = {}
+print(f"{'':22s} {'energy':>9s} {'x floor':>8s} {'MMD':>9s} {'x floor':>8s}")
 for name, x in candidates.items():
     ed, mmd = metrics.energy_distance(x, held_out), metrics.mmd_rbf(x, held_out)
     ratios[name] = floor.ratio(ed)
-    print(f"{name:22s} energy distance {ed:.5f} = {ratios[name]:6.1f} x floor   MMD {mmd:.5f} = {mmd_floor.ratio(mmd):6.1f} x floor")
+    print(f"{name:22s} {ed:9.5f} {ratios[name]:8.1f} {mmd:9.5f} {mmd_floor.ratio(mmd):8.1f}")
 claim("perfect sampler: energy distance / floor", ratios["perfect sampler"], at_most={"standard": 2.0, "smoke": 4.0})
 claim("the source N(0, I): energy distance / floor", ratios["source N(0, I)"], at_least={"standard": 100, "smoke": 30})
 # at smoke size (n = 500) the floor's own spread can reorder the blurs: that claim is for standard only

@@ -25,7 +25,7 @@
 #
 # **Prerequisites:** lesson 00 (notation, toy data, energy distance and its noise floor).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.0 min · GPU standard: not measured yet · smoke ≈ 79 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.4): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 79 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, and the small MNIST DDPM checkpoint if an earlier run saved it.
 # **Trains:** a DDPM on the 2D checkerboard (`P.steps_2d` steps); a tiny DDPM on MNIST (saved for next time).

@@ -28,7 +28,7 @@
 # **Prerequisites:** lesson 00 (notation, toy data, metrics); the idea of an ODE solver
 # (Euler's method). Lesson 01 helps but is not needed.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.0 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.4): CPU standard ≈ 1.6 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** a maximum-likelihood CNF on eight Gaussians (a small MLP; the
 # slow part of the lesson, on purpose) and, for the timing comparison, a few flow-matching steps

@@ -30,7 +30,7 @@
 # **Prerequisites:** lesson 00 (notation, metrics), lesson 02 (ODE flows, the instantaneous change of
 # variables, `tutorlib.likelihood.log_prob`). Lesson 01 (DDPM) helps for the comparison at 10 steps.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.6 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.4): CPU standard ≈ 88 s · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** two small MLP velocity fields (eight Gaussians, checkerboard),
 # `P.steps_2d` steps each.

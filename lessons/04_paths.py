@@ -33,7 +33,7 @@
 # **Prerequisites:** lesson 01 (DDPM, its index $k$ and samplers), lesson 03 (flow matching, the CFM loss,
 # Euler and midpoint, `gmm_marginal_velocity`).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.4 min · GPU standard: not measured yet · smoke ≈ 28 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.2): CPU standard ≈ 1.5 min · GPU standard: not measured yet · smoke ≈ 28 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** three flow-matching velocity fields on the checkerboard (linear, cosine and
 # VP paths), lesson 01's DDPM epsilon-model, and a stochastic-interpolant model from eight Gaussians to

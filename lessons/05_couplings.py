@@ -31,7 +31,7 @@
 # **Prerequisites:** lesson 03 (the CFM loss, the linear path, Euler sampling, the eight-Gaussians mixture);
 # lesson 00 (energy distance and its noise floor).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.9 min · GPU standard: not measured yet · smoke ≈ 28 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 2.6): CPU standard ≈ 70 s · GPU standard: not measured yet · smoke ≈ 28 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** nine small MLP velocity fields for `max(30, P.steps_2d // 6)` steps each: one per
 # coupling on the checkerboard (four), two more OT batch sizes, and three class-conditional models on eight

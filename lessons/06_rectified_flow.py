@@ -33,7 +33,7 @@
 # **Prerequisites:** lesson 03 (the linear path, the CFM loss, Euler sampling, `ode_solve`); lesson 00
 # (energy distance and its noise floor). Lesson 05 (couplings, straight and crossing paths) helps.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 2.5): CPU standard ≈ 3.1 min · GPU standard: not measured yet · smoke ≈ 21 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.7): CPU standard ≈ 2.6 min · GPU standard: not measured yet · smoke ≈ 21 s. The last cell prints this run's time.
 #
 # **Loads:** in the standard profile, the checkpoints the training code below made
 # (`data/checkpoints/l06_*_standard.pt`, through `tutorlib.checkpoints.CheckpointChain`: each is loaded only

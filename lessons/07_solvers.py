@@ -35,7 +35,7 @@
 # lesson 01 (DDPM's samplers). Lessons 05 (minibatch OT) and 06 (reflow, distillation) explain two of the
 # baselines in depth; this lesson trains small versions of them with the library.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.2 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.7): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 24 s. The last cell prints this run's time.
 #
 # **Loads:** the committed bench results of minibatch-OT flow matching (`bench/results/fm2d-standard.json`),
 # for one row of the closing table, and, in the standard profile, the checkpoints the training code below

@@ -35,7 +35,7 @@
 # **Prerequisites:** lesson 03 (conditional and marginal paths, the posterior view of the marginal velocity,
 # Euler steps); lesson 09 for classifier-free guidance and the judge (lesson 00 introduced it).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.1 min · GPU standard: not measured yet · smoke ≈ 19 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.6 min · GPU standard: not measured yet · smoke ≈ 19 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, and this lesson's checkpoints (`dfm_mnist_<profile>.pt`, `dfm_text_<kind>_<profile>.pt`)
 # if an earlier run saved them; the standard profile's checkpoints ship with the course.

@@ -32,7 +32,7 @@
 # distillation); lesson 07 (average-velocity models, the shortcut objective); lesson 05 (OT within classes);
 # lesson 01 (DDPM, DDIM).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.5 min · GPU standard: not measured yet · smoke ≈ 30 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.6 min · GPU standard: not measured yet · smoke ≈ 30 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, lesson 09's flow-matching model and lesson 01's DDPM (`fm_mnist_<profile>`,
 # `ddpm_mnist_<profile>`: the standard profile's ship with the course), and this appendix's own checkpoints

@@ -30,7 +30,7 @@
 # **Prerequisites:** lesson 09 (class-conditional flow matching on MNIST, classifier-free guidance, the judge's
 # scores); lesson 03 (the CFM loss on the linear path).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 11 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.7 min · GPU standard: not measured yet · smoke ≈ 11 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST and the judge. **Trains:** everything, every run (the training times are what this
 # appendix measures): a convolutional autoencoder (`LatentConfig.ae_steps` steps), four latent flow models

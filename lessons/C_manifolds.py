@@ -31,7 +31,7 @@
 # **Prerequisites:** lesson 03 (the CFM loss, the linear path, Euler sampling); lesson 00 (energy distance
 # and its noise floor). No differential geometry is assumed: the section that needs it introduces it.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.8): CPU standard ≈ 3.2 min · GPU standard: not measured yet · smoke ≈ 17 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 57 s · GPU standard: not measured yet · smoke ≈ 17 s. The last cell prints this run's time.
 #
 # **Loads:** nothing. **Trains:** three small MLP velocity fields for `ManifoldConfig.from_profile(P).steps`
 # steps each (1500 in the standard profile): a Riemannian one on the sphere, an ordinary (Euclidean) one on the

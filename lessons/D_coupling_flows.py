@@ -32,7 +32,7 @@
 # estimator), lesson 03 (flow matching and its likelihood), lesson 09 (the MNIST flow-matching model) for
 # section 6.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.9 min · GPU standard: not measured yet · smoke ≈ 14 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 14 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, and lesson 09's checkpoint `fm_mnist_<profile>.pt` (the standard profile's ships with
 # the course; in other profiles it is trained if no earlier run saved it). **Trains:** a RealNVP on eight
