@@ -32,7 +32,7 @@
 # the Fréchet distance and its floor). Lesson 08 (guidance) derives classifier-free guidance; section 5
 # recaps what this lesson uses.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.4 min · GPU standard: not measured yet · smoke ≈ 25 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 3.9 min · GPU standard: not measured yet · smoke ≈ 15 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, and this lesson's checkpoint `fm_mnist_<profile>.pt` if an earlier run saved it.
 # **Trains:** a class-conditional PatchUNet by `MNISTRecipe.from_profile(P)` (`P.steps_mnist` steps: 3000 in
@@ -379,10 +379,9 @@ def evaluate(w, nfe, zero_star=False, precision=SAMPLING):
 
 
 def show(label, r):
-    """One row of a results table."""
-    print(f"{label}: judge accuracy {r['accuracy']:6.1%}   Fréchet {r['frechet']:8.2f} "
-          f"({r['frechet'] / fd_floor:5.1f} x floor)   "
-          f"spread {r['spread']:.3f} ({r['spread'] / spread_real:.2f} x real)")
+    """One row of a results table (the spread in brackets relative to the real digits')."""
+    print(f"{label}: judge {r['accuracy']:6.1%}  Fréchet {r['frechet']:6.2f} ({r['frechet'] / fd_floor:4.1f}x floor)  "
+          f"spread {r['spread']:.3f} ({r['spread'] / spread_real:.2f}x)")
 
 
 w_rec = recipe.guidance

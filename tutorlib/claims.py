@@ -91,9 +91,10 @@ def claim(name: str, value: float | bool, *, at_most: Threshold = None, at_least
         asserted = hi is not None or lo is not None
         record.update(value=value, kind="bound", at_most=hi, at_least=lo, asserted=asserted, passed=ok)
         if asserted:
-            line = f"claim {'holds' if ok else 'FAILS'}: {name} = {_fmt(value)} ({' and '.join(bounds)} in the {P.name} profile)"
+            # short enough for the book's output box (about 85 characters) with a long name
+            line = f"claim {'holds' if ok else 'FAILS'}: {name} = {_fmt(value)} ({' and '.join(bounds)}, {P.name})"
         else:
-            line = f"claim recorded: {name} = {_fmt(value)} (no threshold in the {P.name} profile)"
+            line = f"claim recorded: {name} = {_fmt(value)} (no bound in {P.name})"
     path = os.environ.get("TUTORLIB_CLAIMS_FILE", "").strip()
     if path:
         with open(path, "a", encoding="utf-8") as f:
