@@ -32,7 +32,7 @@
 # the Fréchet distance and its floor). Lesson 08 (guidance) derives classifier-free guidance; section 5
 # recaps what this lesson uses.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.3 min · GPU standard: not measured yet · smoke ≈ 15 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.3 min · GPU standard: not measured yet · smoke ≈ 13 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, and this lesson's checkpoint `fm_mnist_<profile>.pt` if an earlier run saved it.
 # **Trains:** a class-conditional PatchUNet by `MNISTRecipe.from_profile(P)` (`P.steps_mnist` steps: 3000 in
