@@ -277,6 +277,66 @@ def baseline_recipe(cfg: MNISTBenchConfig) -> MNISTRecipe:
     return cfg.recipe.replace(min_lr_ratio=0.05, channels_last=False)
 
 
+PREVIOUS_RECIPE = MNISTRecipe(batch=128, lr=2e-3, time_sampling="uniform", ema_decay=0.999, guidance=2.0, steps=3000)
+"""Lesson 09's recipe before round two of time to quality (issue 17): the ``previous`` method of ``mnist_5min``."""
+
+MNIST_5MIN_CONFIGS: dict[str, MNISTBenchConfig] = {
+    "smoke": MNISTBenchConfig(
+        recipe=MNISTRecipe(base_channels=8, batch=8, steps=10**6, warmup_steps=2),
+        budget_s=1.0, snapshots=(0.5, 1.0), n=40, n_snapshot=20, nfes=(), scales=(), zero_star_scales=(), nfe=4,
+        train_limit=500, baseline_channels=8, ttq_scales=(1.5, 2.0)),
+    "standard": MNISTBenchConfig(
+        recipe=MNISTRecipe(steps=10**6), budget_s=300.0, snapshots=(0.5, 1.0), n=1000, n_snapshot=500, nfes=(),
+        scales=(), zero_star_scales=(), ttq_scales=(1.5, 1.75, 2.0)),
+    "full": MNISTBenchConfig(
+        recipe=MNISTRecipe(steps=10**6), budget_s=300.0, snapshots=(0.25, 0.5, 0.75, 1.0), n=10000,
+        n_snapshot=1000, nfes=(), scales=(), zero_star_scales=(), ttq_scales=(1.5, 1.75, 2.0)),
+}
+"""Sizes of ``mnist_5min``. The recipes' ``steps`` are out of reach so that the decay ends with the budget."""
+
+FIVE_MINUTE_TARGET = {"judge_accuracy": 0.99, "frechet_x_floor": 1.5, "nfe": 20, "budget_s": 300.0}
+"""Issue 17's bar: judge accuracy and Frechet distance (x the train-vs-test floor at equal n) at the method's
+own guidance scale and <= 20 NFE, after <= 300 s of training on one thread, median over seeds."""
+
+
+def run_5min_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
+    """``mnist_5min``: lesson 09's recipe, the previous recipe and the baseline U-Net, each trained for the
+    budget (300 s in ``standard``) from one seed; each final model scored at its own guidance scale and at
+    ``ttq_scales`` (20 Euler steps). Run it once per seed (``--seed 0``, ``1``, ``2``); the report
+    takes the median over the runs it is given (:func:`bench.report.five_minute_summary`)."""
+    cfg = MNIST_5MIN_CONFIGS[bp.name]
+    run = MNISTRun("mnist_5min", bp, seed, device, cfg)
+    run.set_mnist_reference()
+    previous = PREVIOUS_RECIPE.replace(base_channels=cfg.recipe.base_channels, steps=cfg.recipe.steps,
+                                       warmup_steps=cfg.recipe.warmup_steps)
+    if bp.name == "smoke":
+        previous = previous.replace(batch=16)
+    base = previous.replace(min_lr_ratio=0.05, channels_last=False)  # as baseline_recipe, from the previous recipe
+    curves, own = {}, {}
+    for method, recipe, make in (
+        ("project", cfg.recipe, cfg.recipe.build_model),
+        ("previous", previous, previous.build_model),
+        ("baseline", base, lambda: UNet(1, None, base_channels=cfg.baseline_channels, num_classes=10)),
+    ):
+        torch.manual_seed(derive_seed(seed, DATASET, method, "init"))
+        model, curves[method] = _train_scored(run, method, make(), recipe)
+        scales = tuple(sorted({*cfg.ttq_scales, recipe.guidance}))
+        _sweep(run, model, method, recipe, nfes=False, zero_star=False, scales=scales)
+        own[method] = f"{method}-cfg{scale_tag(recipe.guidance)}@{cfg.nfe}"
+    ds = run.datasets[DATASET]
+    ds.extra["curve"] = curves
+    ds.extra["own_scale"] = own
+    ds.extra["target"] = dict(FIVE_MINUTE_TARGET, budget_s=cfg.budget_s)
+    run.config = {"methods": {"project": "tutorlib.recipes.MNISTRecipe, lesson 09's recipe (PatchUNet)",
+                              "previous": "the recipe before issue 17 (batch 128, AdamW 2e-3, uniform times, w = 2)",
+                              "baseline": f"UNet(base_channels={cfg.baseline_channels}) with the previous settings, "
+                                          "cosine to 5 %, NCHW"},
+                  "recipe": dataclasses.asdict(cfg.recipe), "previous_recipe": dataclasses.asdict(previous),
+                  "baseline_recipe": dataclasses.asdict(base),
+                  "bench": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "recipe"}}
+    return run
+
+
 def run_ttq_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
     """``mnist_ttq``: the project recipe against the baseline U-Net on equal wall-clock budgets."""
     cfg = MNIST_CONFIGS[bp.name]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -287,7 +288,59 @@ def render(docs: list[dict[str, Any]], sources: list[str] | None = None) -> str:
         extras = _extras(doc)
         if extras:
             lines += extras + [""]
+    five = five_minute_summary(docs)
+    if five is not None:
+        lines += _five_minute_table(five)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def five_minute_summary(docs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 17's bar over every ``mnist_5min`` run given (one per seed): per method, the median and range
+    over seeds of the judge accuracy and the Frechet distance (x floor) at the method's own guidance scale,
+    and whether both medians meet the target. ``None`` when there is no such run."""
+    runs = sorted((d for d in docs if d["case"] == "mnist_5min"), key=lambda d: d["seed"])
+    if not runs:
+        return None
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for d in runs:
+        m = d["metrics"]["mnist"]
+        for method, entry in m["own_scale"].items():
+            e = m["entries"][entry]
+            rows.setdefault(method, []).append({
+                "seed": d["seed"], "w": e["guidance"], "nfe": e["nfe"], "judge_accuracy": e["judge_accuracy"],
+                "frechet_x_floor": e["frechet_x_floor"], "steps": d["timings"]["train"]["mnist"][method]["steps"]})
+    target = runs[0]["metrics"]["mnist"]["target"]
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+    methods = {}
+    for method, rs in rows.items():
+        judge = spread([r["judge_accuracy"] for r in rs])
+        fx = spread([r["frechet_x_floor"] for r in rs])
+        methods[method] = {"seeds": [r["seed"] for r in rs], "w": rs[0]["w"], "nfe": rs[0]["nfe"],
+                           "steps": spread([float(r["steps"]) for r in rs]), "judge_accuracy": judge,
+                           "frechet_x_floor": fx, "per_seed": rs,
+                           "met": judge["median"] >= target["judge_accuracy"]
+                           and fx["median"] <= target["frechet_x_floor"] and rs[0]["nfe"] <= target["nfe"]}
+    return {"target": target, "n": runs[0]["metrics"]["mnist"]["n"], "methods": methods}
+
+
+def _five_minute_table(summary: dict[str, Any]) -> list[str]:
+    t = summary["target"]
+    out = [f"## MNIST in five minutes (issue 17): median over seeds", "",
+           f"Target: judge accuracy >= {_fmt(100 * t['judge_accuracy'])} % and Frechet distance <= "
+           f"{_fmt(t['frechet_x_floor'])} x the train-vs-test floor, at <= {t['nfe']} NFE, after {_fmt(t['budget_s'])} s "
+           f"of training; each method at its own guidance scale, n = {summary['n']} digits. Median [min–max] over the "
+           "seeds' runs.", "",
+           "| method | seeds | w | steps in the budget | judge accuracy % | Frechet x floor | target |",
+           "|---|---|---|---|---|---|---|"]
+    for method, r in summary["methods"].items():
+        j, f, s = r["judge_accuracy"], r["frechet_x_floor"], r["steps"]
+        out.append(f"| {method} | {len(r['seeds'])} | {_fmt(r['w'])} | {s['median']:.0f} [{s['min']:.0f}–{s['max']:.0f}] | "
+                   f"{_fmt(100 * j['median'], 3)} [{_fmt(100 * j['min'], 3)}–{_fmt(100 * j['max'], 3)}] | "
+                   f"{_fmt(f['median'])} [{_fmt(f['min'])}–{_fmt(f['max'])}] | {'met' if r['met'] else 'not met'} |")
+    return out + [""]
 
 
 README_START = "<!-- bench-summary:start (written by `python -m bench report ... --readme README.md`) -->"
@@ -325,12 +378,23 @@ def readme_summary(docs: list[dict[str, Any]]) -> str:
         lines += ["| method | data | 1 NFE | 4 NFE | 100 NFE |", "|---|---|---|---|---|"]
         lines += [f"| {' | '.join(r)} |" for r in rows] + [""]
     image_rows = []
-    for case, label_of in (("mnist", {"fm": "flow matching, lesson 09 recipe (PatchUNet)"}),
-                           ("mnist_ttq", {"project": "lesson 09 recipe (PatchUNet)", "baseline": "0.58 M U-Net baseline"})):
+    five = five_minute_summary([d for d in docs if d.get("device", "cpu") == "cpu"])
+    if five is not None:
+        labels = {"project": "lesson 09 recipe (PatchUNet)", "previous": "the previous recipe (PatchUNet, batch 128)",
+                  "baseline": "0.58 M U-Net baseline"}
+        for method, r in five["methods"].items():
+            image_rows.append(f"| {labels.get(method, method)} (mnist_5min, median of {len(r['seeds'])} seeds) | "
+                              f"{_fmt(five['target']['budget_s'], 4)} s, {r['steps']['median']:.0f} steps | {r['nfe']} NFE, "
+                              f"w = {_fmt(r['w'])} | {_fmt(100 * r['judge_accuracy']['median'], 3)} % | "
+                              f"{_fmt(r['frechet_x_floor']['median'])} x floor (n = {five['n']}) |")
+    for case, label_of in (("mnist", {"fm": "flow matching, PatchUNet"}),
+                           ("mnist_ttq", {"project": "PatchUNet", "baseline": "0.58 M U-Net baseline"})):
         doc = by_case.get(case)
         if not doc:
             continue
         m = doc["metrics"]["mnist"]
+        batch = doc.get("config", {}).get("recipe", {}).get("batch")
+        label_of = {k: f"{v}, batch {batch}" if k != "baseline" and batch else v for k, v in label_of.items()}
         for method, curve in m.get("curve", {}).items():
             last = curve[-1]
             image_rows.append(f"| {label_of.get(method, method)} ({case}) | {_fmt(last['train_s'], 4)} s, {last['steps']} "

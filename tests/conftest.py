@@ -80,7 +80,7 @@ def bench_smoke(tmp_path_factory, request):
         if case not in _BENCH_RUNS:
             out = tmp_path_factory.mktemp(case)
             with pytest.MonkeyPatch.context() as mp:
-                if case in ("mnist", "mnist_ttq"):
+                if case in ("mnist", "mnist_ttq", "mnist_5min"):
                     mp.setenv("TUTORLIB_MNIST_MIRROR", str(request.getfixturevalue("mnist_source")))
                     mp.setenv("TUTORLIB_DATA_DIR", str(tmp_path_factory.mktemp("mnist-cache")))
                 doc = run(case, "smoke", seed=0, out=out, device="cpu")

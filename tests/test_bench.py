@@ -26,7 +26,7 @@ TOP_KEYS = {"schema", "case", "profile", "seed", "date", "device", "machine", "v
 MACHINE_KEYS = {"platform", "cpu", "cpu_count", "torch_threads"}
 ENTRY_KEYS = {"array", "method", "solver", "nfe", "energy", "mmd", "energy_x_floor", "mmd_x_floor"}
 TEXT_CASES = {"text"}  # character windows scored in bits per character
-IMAGE_CASES = {"mnist", "mnist_ttq"}  # images (n, 1, 28, 28) scored by the judge instead of 2D points
+IMAGE_CASES = {"mnist", "mnist_ttq", "mnist_5min"}  # images (n, 1, 28, 28) scored by the judge instead of 2D points
 IMAGE_ENTRY_KEYS = {"array", "method", "solver", "nfe", "guidance", "labels", "judge_accuracy", "frechet",
                     "frechet_x_floor", "feature_spread"}
 TRAIN_KEYS = {"steps", "steps_per_s", "wall_s", "final_loss", "stop_reason"}
@@ -287,12 +287,12 @@ def test_readme_summary_block_is_rewritten_between_its_markers(tmp_path):
 
 @pytest.mark.parametrize("case", sorted(IMAGE_CASES))
 def test_mnist_cases_record_curves_sweeps_and_sampling_time(case, smoke):
-    from bench.mnist import MNIST_CONFIGS, scale_tag
+    from bench.mnist import MNIST_5MIN_CONFIGS, MNIST_CONFIGS, scale_tag
 
     doc, _ = smoke(case)
-    cfg = MNIST_CONFIGS["smoke"]
+    cfg = (MNIST_5MIN_CONFIGS if case == "mnist_5min" else MNIST_CONFIGS)["smoke"]
     m = doc["metrics"]["mnist"]
-    methods = ["fm"] if case == "mnist" else ["project", "baseline"]
+    methods = {"mnist": ["fm"], "mnist_ttq": ["project", "baseline"], "mnist_5min": ["project", "previous", "baseline"]}[case]
     assert set(m["curve"]) == set(methods)
     for method in methods:
         curve = m["curve"][method]
@@ -309,3 +309,39 @@ def test_mnist_cases_record_curves_sweeps_and_sampling_time(case, smoke):
         assert {f"fm-cfgzero{scale_tag(w)}@{cfg.nfe}" for w in cfg.zero_star_scales} <= set(m["entries"])
         s = m["sampling"]
         assert s["images"] == cfg.timing_images and s["nfe"] == cfg.timing_nfe and _finite(s["median_s"])
+    if case == "mnist_5min":  # each method scored at its own guidance scale, recorded for the report
+        from bench.mnist import PREVIOUS_RECIPE
+
+        assert m["own_scale"]["project"] == f"project-cfg{scale_tag(cfg.recipe.guidance)}@{cfg.nfe}"
+        assert m["own_scale"]["previous"] == f"previous-cfg{scale_tag(PREVIOUS_RECIPE.guidance)}@{cfg.nfe}"
+        assert set(m["own_scale"]) == set(methods) and all(e in m["entries"] for e in m["own_scale"].values())
+        assert m["target"]["frechet_x_floor"] == 1.5 and m["target"]["budget_s"] == cfg.budget_s
+
+
+def test_five_minute_summary_takes_medians_over_seed_runs(smoke):
+    """Three runs of different seeds: medians and ranges per method, and 'met' only when both medians pass."""
+    import copy
+
+    from bench.report import five_minute_summary, render
+
+    doc, _ = smoke("mnist_5min")
+    docs = []
+    for seed, (judge, fx) in enumerate([(0.995, 1.2), (0.98, 1.4), (0.999, 1.7)]):
+        d = copy.deepcopy(doc)
+        d["seed"] = seed
+        m = d["metrics"]["mnist"]
+        for method, entry in m["own_scale"].items():
+            m["entries"][entry].update(judge_accuracy=judge if method == "project" else 0.5, frechet_x_floor=fx)
+        docs.append(d)
+    s = five_minute_summary(docs)
+    p = s["methods"]["project"]
+    assert p["seeds"] == [0, 1, 2]
+    assert p["judge_accuracy"] == {"median": 0.995, "min": 0.98, "max": 0.999}
+    assert p["frechet_x_floor"]["median"] == 1.4 and p["met"]  # the medians pass though seed 2's Frechet fails
+    assert not s["methods"]["previous"]["met"]  # judge 50 %
+    for d in docs:
+        d["metrics"]["mnist"]["entries"][d["metrics"]["mnist"]["own_scale"]["project"]]["frechet_x_floor"] = 1.6
+    assert not five_minute_summary(docs)["methods"]["project"]["met"]
+    text = render(docs)
+    assert "MNIST in five minutes" in text and "| project | 3 |" in text and "not met" in text
+    assert five_minute_summary([]) is None
