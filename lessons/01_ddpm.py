@@ -25,7 +25,7 @@
 #
 # **Prerequisites:** lesson 00 (notation, toy data, energy distance and its noise floor).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 3.4): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 79 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 2.0 min · GPU standard: not measured yet · smoke ≈ 12 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, and the small MNIST DDPM checkpoint if an earlier run saved it.
 # **Trains:** a DDPM on the 2D checkerboard (`P.steps_2d` steps); a tiny DDPM on MNIST (saved for next time).
@@ -368,8 +368,9 @@ plotting.scatter_grid(shown, cols=4)
 # that works on 2x2 patches; lesson 09 explains it). It also receives each digit's label, as a second
 # input next to $t$: a model of all ten digits at once needs far more training before its samples read as
 # digits, while a label-conditional one learns ten simpler distributions, and the judge can then check
-# each sample against the digit it was asked for. Training follows the course's MNIST recipe (`MNISTRecipe.from_profile(P)`: AdamW with
-# warm-up and cosine decay, an EMA of the weights, `P.steps_mnist` steps of `P.batch_mnist` digits). That is
+# each sample against the digit it was asked for. Training uses the course's MNIST recipe at its large-batch
+# settings (`MNISTRecipe.large_batch(P)`: AdamW with warm-up and cosine decay, an EMA of the weights,
+# `P.steps_mnist` steps of `P.batch_mnist` digits; lesson 09's flow matching now trains on smaller batches). That is
 # several minutes of CPU time, so the standard profile's weights ship with the course:
 # `tutorlib.recipes.load_or_train_mnist_ddpm` (the epsilon loss of section 3, written there with the label as a
 # second input) finds `ddpm_mnist_standard.pt`, checks its sha256 and its configuration (the recipe, $T$, the
@@ -379,7 +380,7 @@ plotting.scatter_grid(shown, cols=4)
 
 # %%
 images, labels = data.load_mnist("train", limit=P.mnist_limit)
-recipe = MNISTRecipe.from_profile(P)  # sizes from the profile: steps, batch, width
+recipe = MNISTRecipe.large_batch(P)  # sizes from the profile: steps, batch, width
 # the loss of section 3 with the label as a second input: model(x_k, t_k, y) regresses the noise
 run = load_or_train_mnist_ddpm(recipe, images, labels, schedule, name=f"ddpm_mnist_{P.name}", seed=0, device=device)
 unet = run.model

@@ -38,7 +38,7 @@
 # mixture). Lesson 04's score parametrisation helps; section 2 derives what is needed. Lesson 09 (MNIST)
 # comes after this one; here we only load its shipped model.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU busy with other work, load average 2.5): CPU standard ≈ 72 s · GPU standard: not measured yet · smoke ≈ 34 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 87 s · GPU standard: not measured yet · smoke ≈ 17 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, and lesson 09's checkpoint `fm_mnist_<profile>.pt` (the standard profile's
 # ships with the course; the smoke profile trains its tiny model in seconds; a checkpoint whose stored

@@ -32,11 +32,11 @@
 # the Fréchet distance and its floor). Lesson 08 (guidance) derives classifier-free guidance; section 5
 # recaps what this lesson uses.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.3 min · GPU standard: not measured yet · smoke ≈ 13 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 4.8 min · GPU standard: not measured yet · smoke ≈ 19 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, and this lesson's checkpoint `fm_mnist_<profile>.pt` if an earlier run saved it.
-# **Trains:** a class-conditional PatchUNet by `MNISTRecipe.from_profile(P)` (`P.steps_mnist` steps: 3000 in
-# the standard profile), saved for next time; the standard profile's checkpoint ships with the course.
+# **Trains:** a class-conditional PatchUNet by `MNISTRecipe.from_profile(P)` (`recipe.steps` steps of `recipe.batch`
+# digits: 6000 of 32 in the standard profile), saved for next time; the standard profile's checkpoint ships with the course.
 
 # %% [markdown]
 # ## Setup
@@ -130,17 +130,23 @@ plotting.image_grid(train_x[:40], nrow=10, labels=train_y[:40], title="The first
 # cannot know the digit, so it learns the unconditional velocity $u_t(x)$ of all digits. One network, two
 # fields: section 5 combines them into classifier-free guidance.
 #
+# The expectation over $t$ need not be uniform. The recipe draws **logit-normal** times, $t = \sigma(z)$ with
+# $z \sim \mathcal N(0, 1)$: most of them near the middle of the path, where $x_t$ says least about which
+# $x_1$ it came from and the velocity is hardest to predict (Esser et al., 2024). Any density that is positive
+# on $(0, 1)$ leaves the minimiser at each $t$ unchanged, since the network sees $t$; it only moves the
+# training effort between times, which the bench measured to pay on MNIST.
+#
 # A training batch and its loss, in plain PyTorch:
 
 # %%
 def fm_batch_scratch(images, labels, batch, p_uncond, null_class, generator):
-    """A class-conditional CFM batch: random training digits, label dropout, noise, uniform times."""
+    """A class-conditional CFM batch: random training digits, label dropout, noise, logit-normal times."""
     idx = torch.randint(images.shape[0], (batch,), generator=generator)  # (B,) random training digits
     x_1, y = images[idx], labels[idx]  # (B, 1, 28, 28), (B,)
     drop = torch.rand(batch, generator=generator) < p_uncond  # (B,) which labels to forget
     y = torch.where(drop, torch.full_like(y, null_class), y)  # (B,) forgotten labels -> the null class
     x_0 = torch.randn(x_1.shape, generator=generator)  # (B, 1, 28, 28) noise
-    t = torch.rand(batch, generator=generator)  # (B,) uniform times
+    t = torch.sigmoid(torch.randn(batch, generator=generator))  # (B,) logit-normal times: most near t = 0.5
     return x_0, x_1, t, y
 
 
@@ -267,9 +273,13 @@ claim("UNet's share of multiply-adds at 28x28", share_28["UNet"], at_least=0.4)
 # recipe's settings: AdamW with a linear warm-up and a cosine decay of the learning rate, gradient
 # clipping, and an **exponential moving average (EMA)** of the weights,
 # $\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta$ after every step with $d$ = `recipe.ema_decay`. The EMA averages out the last steps'
-# noise; we sample from the averaged weights. The run takes `recipe.steps` steps (the profile's
-# `P.steps_mnist`), and the cosine decay of the learning rate ends with them: a number of steps, not
-# a time budget, so the same seed gives the same model on a fast machine and a slow one.
+# noise; we sample from the averaged weights. The run takes `recipe.steps` steps (twice the profile's
+# `P.steps_mnist`, of a quarter of its `P.batch_mnist` digits), and the cosine decay of the learning rate ends
+# with them: a number of steps, not a time budget, so the same seed gives the same model on a fast machine and a
+# slow one. Small batches and many steps are the bench's finding: in five minutes of one CPU thread this
+# recipe takes about 6000 steps of 32 digits where the earlier one took about 1600 of 128, and its digits end
+# much closer to real ones (`python -m bench mnist_5min`; one-seed trials of 64 digits per step fell in
+# between). Early in training, more and noisier steps pay more than fewer, cleaner ones.
 #
 # `load_or_train` wraps the run: it looks for `fm_mnist_<profile>.pt`, loads it if its sha256 checks out
 # and its stored configuration equals ours (the whole recipe plus the seed and the number of training
@@ -443,7 +453,7 @@ plotting.metric_curves({f"CFG, w = {w_rec}": (nfes, [r["accuracy"] for r in by_n
 # Now the guidance scale, at the recipe's 20 steps.
 
 # %%
-scales = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
+scales = sorted({0.0, 1.0, 1.5, w_rec, 2.0, 3.0, 5.0})  # the recipe's own scale among them
 start = time.perf_counter()
 by_w = {w: by_nfe[recipe.nfe] if w == w_rec and recipe.nfe in by_nfe else evaluate(w, recipe.nfe) for w in scales}
 print(f"{n_eval} digits per row, {recipe.nfe} Euler steps ({time.perf_counter() - start:.0f} s)")
@@ -534,7 +544,7 @@ explore_labels = torch.arange(10).repeat(4)  # (40,)
 x0_explore = torch.randn((40, 1, 28, 28), generator=gen).to(device)  # (40, 1, 28, 28) fixed noise
 guidance_explorer(lambda w: sample_digits(model, explore_labels, w=w, nfe=recipe.nfe, x_0=x0_explore,
                                           precision=SAMPLING),
-                  scales=(0.0, 1.0, 1.5, 2.0, 3.0, 5.0, 8.0), nrow=10)
+                  scales=tuple(sorted({0.0, 1.0, 1.5, w_rec, 2.0, 3.0, 5.0, 8.0})), nrow=10)
 
 # %% [markdown]
 # Compare the columns at $w = 0$, where the label is ignored, with those at the recipe's scale; then push
@@ -618,8 +628,8 @@ check_cfg_zero_init(cfg_zero_init)
 
 # %% [markdown]
 # **Going further (no self-check).** Change the recipe in the setup cell, e.g.
-# `recipe = MNISTRecipe.from_profile(P).replace(time_sampling="logit_normal")` (training times concentrated
-# in the middle of the path), `p_uncond=0.2`, or `steps=300` (an undertrained model, where CFG-Zero\* was
+# `recipe = MNISTRecipe.from_profile(P).replace(time_sampling="uniform")` (training times spread evenly over
+# the path, as the recipe had them before the bench's second round), `batch=128, steps=3000`, `p_uncond=0.2`, or `steps=300` (an undertrained model, where CFG-Zero\* was
 # designed to help), and compare the tables of section 6. The stored configuration then differs, so
 # `load_or_train` trains again and replaces `fm_mnist_<profile>.pt`; give the checkpoint another name to
 # keep both.

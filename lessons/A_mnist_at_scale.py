@@ -32,7 +32,7 @@
 # distillation); lesson 07 (average-velocity models, the shortcut objective); lesson 05 (OT within classes);
 # lesson 01 (DDPM, DDIM).
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.6 min · GPU standard: not measured yet · smoke ≈ 30 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.9 min · GPU standard: not measured yet · smoke ≈ 25 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, the judge, lesson 09's flow-matching model and lesson 01's DDPM (`fm_mnist_<profile>`,
 # `ddpm_mnist_<profile>`: the standard profile's ship with the course), and this appendix's own checkpoints
@@ -90,7 +90,7 @@ gen = seed_everything(SEED)
 P = profile()
 recipe = MNISTRecipe.from_profile(P)
 cfg = ScaleConfig.from_profile(P)
-w = recipe.guidance  # the recipe's guidance scale (2.0)
+w = recipe.guidance  # the recipe's guidance scale (1.75)
 print(f"torch {torch.__version__} on {device} ({threads} CPU threads); profile {P.name!r}")
 print(cfg)
 
@@ -136,18 +136,18 @@ def in_chunks(sample, nfe, size=250):
 #
 # *Where do we start?* Lesson 09's class-conditional flow-matching `PatchUNet` (trained with label dropout,
 # so classifier-free guidance works) and lesson 01's label-conditional DDPM on the same network (no label
-# dropout: it is sampled conditionally, with DDIM). Both were trained by the recipe's optimiser for
-# `P.steps_mnist` steps on all training digits; in the standard profile both ship with the course and load
-# in seconds (each took about half an hour of one CPU core). Flow matching is the **teacher** of everything
-# that follows.
+# dropout: it is sampled conditionally, with DDIM), trained on all training digits by the recipe
+# (`recipe.steps` steps of `recipe.batch` digits) and by lesson 01's settings (`MNISTRecipe.large_batch(P)`).
+# In the standard profile both ship with the course and load in seconds (each took minutes to half an hour of
+# one CPU core). Flow matching is the **teacher** of everything that follows.
 
 # %%
 fm_run = load_or_train_mnist_fm(recipe, train_x, train_y, name=f"fm_mnist_{P.name}", seed=0, device=device,
                                 progress=False)
 fm = fm_run.model
 schedule = DDPMSchedule(linear_betas(1000))
-ddpm_run = load_or_train_mnist_ddpm(recipe, train_x, train_y, schedule, name=f"ddpm_mnist_{P.name}", seed=0,
-                                    device=device, progress=False)
+ddpm_run = load_or_train_mnist_ddpm(MNISTRecipe.large_batch(P), train_x, train_y, schedule,
+                                    name=f"ddpm_mnist_{P.name}", seed=0, device=device, progress=False)
 ddpm = ddpm_run.model
 for label, run in (("flow matching", fm_run), ("DDPM", ddpm_run)):
     print(f"{label}: PatchUNet, {count_parameters(run.model):,} parameters, "

@@ -32,7 +32,7 @@
 # estimator), lesson 03 (flow matching and its likelihood), lesson 09 (the MNIST flow-matching model) for
 # section 6.
 #
-# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 14 s. The last cell prints this run's time.
+# **Run time** (measured by `make verify` on 2026-12-02, 2-core CPU): CPU standard ≈ 1.8 min · GPU standard: not measured yet · smoke ≈ 9 s. The last cell prints this run's time.
 #
 # **Loads:** MNIST, and lesson 09's checkpoint `fm_mnist_<profile>.pt` (the standard profile's ships with
 # the course; in other profiles it is trained if no earlier run saved it). **Trains:** a RealNVP on eight
@@ -580,7 +580,7 @@ print(f"  flow matching (null label, Hutchinson, dopri5 tol {cfg.fm_tol:g}): {bp
 print(f"  coupling flow:                                   {bpd_flow_same.mean():.3f} ± {se(bpd_flow_same):.3f} "
       f"bits/dim, one pass, {1000 * secs_flow_ll:.2f} ms per digit")
 claim("MNIST flow matching (null label): bits/dim on the test digits", bpd_fm.mean().item(),
-      at_most={"standard": 2.6, "smoke": 12.0})
+      at_most={"standard": 3.5, "smoke": 12.0})
 claim("likelihood cost per digit: flow matching (ODE) / coupling flow (one pass)", secs_fm_ll / secs_flow_ll,
       at_least={"standard": 100.0, "smoke": 5.0})
 
@@ -590,7 +590,12 @@ claim("likelihood cost per digit: flow matching (ODE) / coupling flow (one pass)
 # digit, hundreds of times the coupling flow's single pass (claimed above a hundred). Its error bar includes
 # the estimator's noise, and it rests on few digits. The two numbers are not a ranking of the methods: the
 # models differ in size (the cell printed the parameters) and training, and flow matching was never
-# trained for likelihood.
+# trained for likelihood. Its recipe is tuned for samples instead: lesson 09 draws the training times
+# logit-normal, so the network sees few times near $t = 1$, where the path reaches the sharp density of the
+# digits. The course's earlier recipe, with uniform times, scored 2.22 bits/dim in this cell (this lesson's
+# record of 2026-12-02), lower than the value printed above, while its samples were further from the data
+# (`python -m bench mnist_5min`). The times are the likely cause, though the two recipes also differ in batch
+# size and steps, so this comparison does not isolate it.
 #
 # Sampling `cfg.n_samples_mnist` digits: one inverse pass against the recipe's 20 Euler steps (lesson 09),
 # unconditional for both, timed as in section 4.

@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "fm_mnist":
             run = load_or_train_mnist_fm(recipe, images, labels, name=full, seed=0, directory=out)
         else:
-            run = load_or_train_mnist_ddpm(recipe, images, labels, DDPMSchedule(linear_betas(1000)), name=full, seed=0,
-                                           directory=out)
+            run = load_or_train_mnist_ddpm(MNISTRecipe.large_batch(P), images, labels,
+                                           DDPMSchedule(linear_betas(1000)), name=full, seed=0, directory=out)
         took = time.perf_counter() - start
         verb = "loaded" if run.loaded else "trained"
         print(f"{full}: {verb} in {took:.0f} s on {threads} thread(s); {run.path} sha256 {file_sha256(run.path)}")

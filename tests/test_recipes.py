@@ -47,11 +47,17 @@ def test_patch_unet_pixels_see_their_patch_and_neighbours_only_through_convoluti
 
 def test_recipe_from_profile_reads_its_sizes_from_the_profile():
     std = MNISTRecipe.from_profile(profile("standard"))
-    assert std == MNISTRecipe() and std.steps == 3000 and std.base_channels == 32  # the defaults are standard's
+    assert std == MNISTRecipe() and std.steps == 6000 and std.base_channels == 32  # the defaults are standard's
+    assert (std.batch, std.lr, std.time_sampling, std.guidance) == (32, 3e-3, "logit_normal", 1.75)
     for name in ("smoke", "standard", "full"):
         P = profile(name)
         r = MNISTRecipe.from_profile(P)
-        assert (r.base_channels, r.batch, r.steps) == (P.unet_channels, P.batch_mnist, P.steps_mnist), name
+        assert (r.base_channels, r.batch, r.steps) == (P.unet_channels, max(8, P.batch_mnist // 4),
+                                                       2 * P.steps_mnist), name
+        d = MNISTRecipe.large_batch(P)  # lesson 01's DDPM keeps the profile's batch and steps
+        assert (d.base_channels, d.batch, d.steps, d.lr, d.ema_decay) == (P.unet_channels, P.batch_mnist,
+                                                                         P.steps_mnist, 2e-3, 0.999), name
+        assert d.warmup_steps == min(100, max(1, P.steps_mnist // 10)) and r.warmup_steps == min(100, r.steps // 10)
     cfg = std.train_config(progress=False)
     assert cfg.cosine_decay and cfg.time_budget_s is None and cfg.steps == std.steps
     assert cfg.lr == std.lr and cfg.ema_decay == std.ema_decay
@@ -137,7 +143,7 @@ def test_shipped_ddpm_checkpoint_is_what_lesson_01_asks_for_and_draws_digits():
 
     path = shipped_checkpoint_dir() / "ddpm_mnist_standard.pt"
     assert path.is_file(), "the shipped lesson-01 checkpoint is missing (see data/checkpoints/README.md)"
-    recipe = MNISTRecipe.from_profile(profile("standard"))
+    recipe = MNISTRecipe.large_batch(profile("standard"))
     ckpt = load_checkpoint(path)  # checks the sha256 sidecar
     assert ckpt["metadata"]["config"] == mnist_ddpm_config(recipe, 1000, 0, 60_000)
     assert ckpt["metadata"]["history"]["complete"]

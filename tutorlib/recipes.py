@@ -1,11 +1,12 @@
 """Measured recipes: class-conditional flow matching on MNIST in a few CPU minutes (lesson 09).
 
-The recipe is what the bench measured to reach a good model fastest on a laptop CPU (issue 8,
-``python -m bench mnist`` and ``mnist_ttq``): a :class:`~tutorlib.models.PatchUNet` (a U-Net on
-2x2 patches, levels 14 -> 7, about 0.44 M parameters at ``C = 32``), the linear path
-(:class:`~tutorlib.paths.CondOTPath`) with a velocity target, labels dropped with probability 0.1 for
-classifier-free guidance, AdamW with a warm-up and a cosine decay over the run's steps, an EMA of
-the weights, and sampling by Euler with guidance (:func:`tutorlib.guidance.cfg_velocity`). Its sizes
+The recipe is what the bench measured to reach a good model fastest on a laptop CPU (issues 8 and
+17, ``python -m bench mnist``, ``mnist_ttq`` and ``mnist_5min``): a :class:`~tutorlib.models.PatchUNet`
+(a U-Net on 2x2 patches, levels 14 -> 7, about 0.44 M parameters at ``C = 32``), the linear path
+(:class:`~tutorlib.paths.CondOTPath`) with a velocity target and logit-normal training times, labels
+dropped with probability 0.1 for classifier-free guidance, small batches (32 digits) with AdamW at 3e-3,
+a warm-up and a cosine decay over the run's steps, an EMA of the weights, and sampling by Euler with
+guidance at w = 1.75 (:func:`tutorlib.guidance.cfg_velocity`). Its sizes
 (steps, batch, width) come from the profile, like every run of the course::
 
     recipe = MNISTRecipe.from_profile(profile())
@@ -52,17 +53,17 @@ class MNISTRecipe:
 
     base_channels: int = 32  # PatchUNet width at 14x14 (7x7 has twice as many)
     mid_blocks: int = 1  # PatchUNet residual blocks at 7x7 between encoder and decoder
-    batch: int = 128  # images per training step
-    lr: float = 2e-3  # AdamW peak learning rate
+    batch: int = 32  # images per training step (small batches, many steps: issue 17's measurements)
+    lr: float = 3e-3  # AdamW peak learning rate
     warmup_steps: int = 100  # linear warm-up, in steps
     min_lr_ratio: float = 0.02  # the cosine decay ends at lr * min_lr_ratio
     ema_decay: float = 0.999  # EMA of the weights (sampled from)
     grad_clip: float | None = 1.0  # global gradient-norm clipping
     p_uncond: float = 0.1  # label dropout probability (classifier-free guidance)
-    time_sampling: str = "uniform"  # training times t: "uniform" on [0, 1] or "logit_normal" (sigmoid of N(0, 1))
-    steps: int = 3000  # optimiser steps (the learning rate decays over them)
+    time_sampling: str = "logit_normal"  # training times t: "uniform" on [0, 1] or "logit_normal" (sigmoid of N(0, 1))
+    steps: int = 6000  # optimiser steps (the learning rate decays over them)
     channels_last: bool = True  # NHWC memory layout (faster convolutions on CPUs)
-    guidance: float = 2.0  # default CFG scale w for sampling
+    guidance: float = 1.75  # default CFG scale w for sampling
     nfe: int = 20  # default number of function evaluations for sampling (Euler: 20 steps)
 
     def replace(self, **changes: Any) -> "MNISTRecipe":
@@ -71,12 +72,29 @@ class MNISTRecipe:
 
     @classmethod
     def from_profile(cls, P: Profile) -> "MNISTRecipe":
-        """The recipe at the sizes of profile ``P``: ``P.unet_channels``, ``P.batch_mnist``, ``P.steps_mnist``.
+        """The recipe at the sizes of profile ``P``: width ``P.unet_channels``, a quarter of ``P.batch_mnist``
+        per step (at least 8) for twice ``P.steps_mnist`` steps (standard: 6000 steps of 32 digits).
 
-        The warm-up is ``min(100, steps / 10)`` steps; everything else is the measured recipe.
+        The warm-up is ``min(100, steps / 10)`` steps; everything else is the measured recipe. Small
+        batches and many steps are what the bench measured to be fastest to a good model on a CPU
+        (``python -m bench mnist_5min``: 32 digits per step against the earlier 128, at equal time).
+        """
+        steps = 2 * P.steps_mnist
+        return cls(base_channels=P.unet_channels, batch=max(8, P.batch_mnist // 4), steps=steps,
+                   warmup_steps=min(100, max(1, steps // 10)))
+
+    @classmethod
+    def large_batch(cls, P: Profile) -> "MNISTRecipe":
+        """The recipe's large-batch settings at profile ``P``: ``P.batch_mnist`` digits per step for
+        ``P.steps_mnist`` steps, AdamW 2e-3, EMA 0.999, uniform times, w = 2 (lesson 09's recipe before the
+        bench's second round moved it to small batches).
+
+        Lesson 01's MNIST DDPM is trained with them (its checkpoint was made and checked with them), and
+        appendix B's pixel baseline uses them so that a pixel step and a latent step see the same batch.
         """
         return cls(base_channels=P.unet_channels, batch=P.batch_mnist, steps=P.steps_mnist,
-                   warmup_steps=min(100, max(1, P.steps_mnist // 10)))
+                   warmup_steps=min(100, max(1, P.steps_mnist // 10)), lr=2e-3, ema_decay=0.999,
+                   time_sampling="uniform", guidance=2.0)
 
     def build_model(self, num_classes: int = 10, *, seed: int | None = None) -> PatchUNet:
         """A fresh :class:`~tutorlib.models.PatchUNet` of this recipe (on the CPU, NCHW layout).
