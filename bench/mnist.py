@@ -272,9 +272,10 @@ def run_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
     return run
 
 
-def baseline_recipe(cfg: MNISTBenchConfig) -> MNISTRecipe:
-    """The baseline of ``mnist_ttq``: the course's earlier MNIST settings (UNet, cosine to 5 %, NCHW)."""
-    return cfg.recipe.replace(min_lr_ratio=0.05, channels_last=False)
+def baseline_recipe(cfg: MNISTBenchConfig, recipe: MNISTRecipe | None = None) -> MNISTRecipe:
+    """The baseline's settings: ``recipe`` (default the case's recipe) with the course's earlier UNet
+    schedule (cosine to 5 %, NCHW)."""
+    return (cfg.recipe if recipe is None else recipe).replace(min_lr_ratio=0.05, channels_last=False)
 
 
 PREVIOUS_RECIPE = MNISTRecipe(batch=128, lr=2e-3, time_sampling="uniform", ema_decay=0.999, guidance=2.0, steps=3000)
@@ -299,6 +300,13 @@ FIVE_MINUTE_TARGET = {"judge_accuracy": 0.99, "frechet_x_floor": 1.5, "nfe": 20,
 own guidance scale and <= 20 NFE, after <= 300 s of training on one thread, median over seeds."""
 
 
+def previous_recipe(cfg: MNISTBenchConfig, bp: BenchProfile) -> MNISTRecipe:
+    """:data:`PREVIOUS_RECIPE` at the case's width, steps and warm-up (batch 16 in ``smoke``)."""
+    previous = PREVIOUS_RECIPE.replace(base_channels=cfg.recipe.base_channels, steps=cfg.recipe.steps,
+                                       warmup_steps=cfg.recipe.warmup_steps)
+    return previous.replace(batch=16) if bp.name == "smoke" else previous
+
+
 def run_5min_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
     """``mnist_5min``: lesson 09's recipe, the previous recipe and the baseline U-Net, each trained for the
     budget (300 s in ``standard``) from one seed; each final model scored at its own guidance scale and at
@@ -307,11 +315,8 @@ def run_5min_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
     cfg = MNIST_5MIN_CONFIGS[bp.name]
     run = MNISTRun("mnist_5min", bp, seed, device, cfg)
     run.set_mnist_reference()
-    previous = PREVIOUS_RECIPE.replace(base_channels=cfg.recipe.base_channels, steps=cfg.recipe.steps,
-                                       warmup_steps=cfg.recipe.warmup_steps)
-    if bp.name == "smoke":
-        previous = previous.replace(batch=16)
-    base = previous.replace(min_lr_ratio=0.05, channels_last=False)  # as baseline_recipe, from the previous recipe
+    previous = previous_recipe(cfg, bp)
+    base = baseline_recipe(cfg, previous)  # the U-Net with the previous settings
     curves, own = {}, {}
     for method, recipe, make in (
         ("project", cfg.recipe, cfg.recipe.build_model),
@@ -343,7 +348,7 @@ def run_ttq_case(bp: BenchProfile, seed: int, device: torch.device) -> Run:
     run = MNISTRun("mnist_ttq", bp, seed, device, cfg)
     run.set_mnist_reference()
     curves = {}
-    base = baseline_recipe(cfg)
+    base = baseline_recipe(cfg, previous_recipe(cfg, bp))  # the U-Net keeps the earlier settings (batch 128)
     for method, recipe, make in (
         ("project", cfg.recipe, cfg.recipe.build_model),
         ("baseline", base, lambda: UNet(1, None, base_channels=cfg.baseline_channels, num_classes=10)),

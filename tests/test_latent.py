@@ -30,7 +30,7 @@ def test_config_from_profile_has_one_preset_per_profile_and_the_recipe_batch():
     for name in ("smoke", "standard", "full"):
         P = profile(name)
         cfg = LatentConfig.from_profile(P)
-        assert cfg.batch == P.batch_mnist == MNISTRecipe.from_profile(P).batch  # latent and pixel steps see as many digits
+        assert cfg.batch == P.batch_mnist == MNISTRecipe.large_batch(P).batch  # latent and pixel steps see as many digits
         assert cfg.replace(batch=1) == LATENT_PRESETS[name].replace(batch=1)
     assert LatentConfig.from_profile(profile("standard")) == LatentConfig()  # the defaults are standard's
     smoke, std, full = (LatentConfig.from_profile(profile(n)) for n in ("smoke", "standard", "full"))
@@ -146,10 +146,11 @@ def test_latent_stats_refuse_bad_shapes_and_survive_a_constant_coordinate():
 
 
 def test_latent_batches_draw_like_the_pixel_recipe():
-    # the same generator gives the same rows, dropped labels and times as mnist_fm_batches
+    # the same generator gives the same rows, dropped labels and times as mnist_fm_batches with uniform
+    # times (the large-batch settings appendix B's pixel baseline uses; lesson 09's recipe draws logit-normal)
     images, labels = _fake_mnist(50)
     cfg = LatentConfig(batch=9, p_uncond=0.3)
-    recipe = MNISTRecipe(batch=9, p_uncond=0.3, channels_last=False)
+    recipe = MNISTRecipe(batch=9, p_uncond=0.3, channels_last=False, time_sampling="uniform")
     u_0, u_1, t, y = latent_fm_batches(images, labels, cfg, generator=torch.Generator().manual_seed(4))(0)
     x_0, x_1, t2, y2 = mnist_fm_batches(images, labels, recipe, generator=torch.Generator().manual_seed(4))(0)
     for a, b in ((u_0, x_0), (u_1, x_1), (t, t2), (y, y2)):
